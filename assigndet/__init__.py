@@ -1,0 +1,3 @@
+"""assigndet: object detectors defined by how they assign labels."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,37 @@
+"""Configs: ``get_cfg()`` returns every default key, including those of each built-in method.
+
+A method adds its keys with an ``add_<method>_config(cfg)`` function registered through
+``register_config_adder``; ``get_cfg()`` imports ``assigndet.projects`` (where every built-in method
+registers its adder) and applies all of them, so any config file of any built-in method merges
+into ``get_cfg()`` with no extra step. The core itself never imports a method's model code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .config import CfgNode, ConfigKeyError, ConfigTypeError
+
+_CONFIG_ADDERS: list[Callable[[CfgNode], None]] = []
+
+
+def register_config_adder(add_config: Callable[[CfgNode], None]) -> Callable[[CfgNode], None]:
+    """Register ``add_<method>_config(cfg)`` so that ``get_cfg()`` applies it. Usable as a decorator."""
+    if add_config not in _CONFIG_ADDERS:
+        _CONFIG_ADDERS.append(add_config)
+    return add_config
+
+
+def get_cfg() -> CfgNode:
+    """A fresh copy of the defaults: the core keys plus every registered method's keys."""
+    import assigndet.projects  # noqa: F401  (built-in methods register their config adders)
+
+    from .defaults import _C
+
+    cfg = _C.clone()
+    for add_config in _CONFIG_ADDERS:
+        add_config(cfg)
+    return cfg
+
+
+__all__ = ["CfgNode", "ConfigKeyError", "ConfigTypeError", "get_cfg", "register_config_adder"]

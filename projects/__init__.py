@@ -1,0 +1,1 @@
+"""Method projects: each registers its models and config keys when imported."""
