@@ -16,7 +16,7 @@ _CONFIG_ADDERS: list[Callable[[CfgNode], None]] = []
 
 
 def register_config_adder(add_config: Callable[[CfgNode], None]) -> Callable[[CfgNode], None]:
-    """Register ``add_<method>_config(cfg)`` so that ``get_cfg()`` applies it. Usable as a decorator."""
+    """Register ``add_<method>_config(cfg)`` for ``get_cfg()`` to apply. Usable as a decorator."""
     if add_config not in _CONFIG_ADDERS:
         _CONFIG_ADDERS.append(add_config)
     return add_config

@@ -87,7 +87,9 @@ def _read_yaml(filename: str, allow_unsafe: bool) -> dict:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigTypeError(f"Config file {filename} must hold a mapping, got {_type_name(loaded)}")
+        raise ConfigTypeError(
+            f"Config file {filename} must hold a mapping, got {_type_name(loaded)}"
+        )
     return loaded
 
 

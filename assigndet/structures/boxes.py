@@ -1,5 +1,5 @@
 """Box conventions. Boxes are plain ``Tensor[N, 4]`` in XYXY absolute pixels everywhere in the
-library; ``BoxMode`` only describes the ``bbox`` field of dataset dicts (detectron2's enum values)."""
+library; ``BoxMode`` only describes the ``bbox`` field of dataset dicts (detectron2's values)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class BoxMode(IntEnum):
     XYWH_ABS = 1
 
     @staticmethod
-    def convert(box, from_mode: "BoxMode | int", to_mode: "BoxMode | int"):
+    def convert(box, from_mode: BoxMode | int, to_mode: BoxMode | int):
         """Convert one box (list/tuple of 4) or an ``[N, 4]`` array/tensor between modes.
 
         Returns the same kind of object it was given.
@@ -44,7 +44,7 @@ class BoxMode(IntEnum):
 
 
 def clip_boxes_(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
-    """Clip ``boxes`` ``[N, 4]`` (XYXY) in place to an image of ``(height, width)``; returns them."""
+    """Clip ``boxes`` ``[N, 4]`` (XYXY) in place to an image of ``(height, width)``."""
     h, w = image_size
     boxes[:, 0].clamp_(min=0, max=w)
     boxes[:, 1].clamp_(min=0, max=h)
@@ -54,7 +54,7 @@ def clip_boxes_(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
 
 
 def nonempty_boxes(boxes: Tensor, threshold: float = 0.0) -> Tensor:
-    """``[N]`` bool mask of boxes ``[N, 4]`` (XYXY) whose width and height both exceed ``threshold``."""
+    """``[N]`` bool mask of boxes ``[N, 4]`` (XYXY) whose sides both exceed ``threshold``."""
     widths = boxes[:, 2] - boxes[:, 0]
     heights = boxes[:, 3] - boxes[:, 1]
     return (widths > threshold) & (heights > threshold)

@@ -19,7 +19,8 @@ class ImageList:
     def __init__(self, tensor: Tensor, image_sizes: list[tuple[int, int]]) -> None:
         if tensor.dim() != 4 or tensor.shape[0] != len(image_sizes):
             raise ValueError(
-                f"ImageList needs a [N, C, H, W] tensor and N image sizes; got {tuple(tensor.shape)} "
+                f"ImageList needs a [N, C, H, W] tensor and N image sizes; got "
+                f"{tuple(tensor.shape)} "
                 f"and {len(image_sizes)} sizes"
             )
         self.tensor = tensor
@@ -33,7 +34,7 @@ class ImageList:
         h, w = self.image_sizes[idx]
         return self.tensor[idx, ..., :h, :w]
 
-    def to(self, *args, **kwargs) -> "ImageList":
+    def to(self, *args, **kwargs) -> ImageList:
         return ImageList(self.tensor.to(*args, **kwargs), self.image_sizes)
 
     @property
@@ -43,7 +44,7 @@ class ImageList:
     @staticmethod
     def from_tensors(
         tensors: list[Tensor], size_divisibility: int = 0, pad_value: float = 0.0
-    ) -> "ImageList":
+    ) -> ImageList:
         """Pad ``tensors`` (each ``[C, H_i, W_i]``, same C/dtype/device) to a common size.
 
         The common size is the per-batch maximum, rounded up to a multiple of
@@ -67,7 +68,9 @@ class ImageList:
             h, w = image_sizes[0]
             batched = F.pad(tensors[0], (0, max_w - w, 0, max_h - h), value=pad_value)[None]
         else:
-            batched = tensors[0].new_full((len(tensors), tensors[0].shape[0], max_h, max_w), pad_value)
+            batched = tensors[0].new_full(
+                (len(tensors), tensors[0].shape[0], max_h, max_w), pad_value
+            )
             for i, t in enumerate(tensors):
                 batched[i, :, : t.shape[1], : t.shape[2]].copy_(t)
         return ImageList(batched.contiguous(), image_sizes)

@@ -62,7 +62,7 @@ class Instances:
     def get_fields(self) -> dict[str, Any]:
         return self._fields
 
-    def to(self, *args: Any, **kwargs: Any) -> "Instances":
+    def to(self, *args: Any, **kwargs: Any) -> Instances:
         """Return a copy with every tensor field (or field with a ``.to``) moved/cast."""
         out = Instances(self._image_size)
         for name, value in self._fields.items():
@@ -71,8 +71,8 @@ class Instances:
             out.set(name, value)
         return out
 
-    def __getitem__(self, item: int | slice | torch.Tensor) -> "Instances":
-        """Index all fields at once: an int (kept as a length-1 set), a slice, a bool mask or indices."""
+    def __getitem__(self, item: int | slice | torch.Tensor) -> Instances:
+        """Index all fields at once: an int (kept as a length-1 set), a slice, a mask or indices."""
         if isinstance(item, int):
             if item >= len(self) or item < -len(self):
                 raise IndexError(f"Instances index {item} out of range for length {len(self)}")
@@ -95,7 +95,7 @@ class Instances:
         raise NotImplementedError("Instances is not iterable; index it or read its fields")
 
     @staticmethod
-    def cat(instance_lists: list["Instances"]) -> "Instances":
+    def cat(instance_lists: list[Instances]) -> Instances:
         """Concatenate instances of the same image; every element must have the same fields."""
         if not instance_lists:
             raise ValueError("Instances.cat needs at least one Instances")
@@ -105,9 +105,13 @@ class Instances:
         names = set(instance_lists[0]._fields)
         for inst in instance_lists[1:]:
             if inst.image_size != image_size:
-                raise ValueError(f"Instances.cat: image sizes differ ({image_size} vs {inst.image_size})")
+                raise ValueError(
+                    f"Instances.cat: image sizes differ ({image_size} vs {inst.image_size})"
+                )
             if set(inst._fields) != names:
-                raise ValueError(f"Instances.cat: fields differ ({sorted(names)} vs {sorted(inst._fields)})")
+                raise ValueError(
+                    f"Instances.cat: fields differ ({sorted(names)} vs {sorted(inst._fields)})"
+                )
         out = Instances(image_size)
         for name in instance_lists[0]._fields:
             values = [inst.get(name) for inst in instance_lists]
@@ -119,7 +123,9 @@ class Instances:
             elif hasattr(type(first), "cat"):
                 merged = type(first).cat(values)
             else:
-                raise ValueError(f"Instances.cat: field '{name}' of type {type(first)} cannot be concatenated")
+                raise ValueError(
+                    f"Instances.cat: field '{name}' of type {type(first)} cannot be concatenated"
+                )
             out.set(name, merged)
         return out
 
@@ -128,4 +134,8 @@ class Instances:
             f"{k}: {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}"
             for k, v in self._fields.items()
         )
-        return f"Instances(num_instances={len(self)}, image_height={self._image_size[0]}, image_width={self._image_size[1]}, fields=[{fields}])"
+        h, w = self._image_size
+        return (
+            f"Instances(num_instances={len(self)}, image_height={h}, image_width={w}, "
+            f"fields=[{fields}])"
+        )
