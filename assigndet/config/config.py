@@ -52,6 +52,10 @@ def _check_value(key: str, default: Any, value: Any, source: str) -> Any:
     if type(value) is type(default) or value is None or default is None:
         return value
     if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        # Nested sequences (e.g. per-stage box weights) follow the default's inner type too.
+        inner = type(default[0]) if default and isinstance(default[0], (list, tuple)) else None
+        if inner is not None:
+            value = [inner(v) if isinstance(v, (list, tuple)) else v for v in value]
         return type(default)(value)
     raise ConfigTypeError(
         f"Config key '{key}' in {source}: expected {_type_name(default)} (like the default "
