@@ -37,9 +37,13 @@ class Instances:
             self.set(name, value)
 
     def __getattr__(self, name: str) -> Any:
-        if name == "_fields" or name not in self._fields:
-            raise AttributeError(f"Instances has no field '{name}'; it has {list(self._fields)}")
-        return self._fields[name]
+        # Reached only when normal lookup fails. During unpickling and deepcopy ``_fields`` does
+        # not exist yet, so it is read from __dict__ to avoid recursing into __getattr__.
+        fields = self.__dict__.get("_fields")
+        if name.startswith("_") or fields is None or name not in fields:
+            known = list(fields) if fields is not None else []
+            raise AttributeError(f"Instances has no field '{name}'; it has {known}")
+        return fields[name]
 
     def set(self, name: str, value: Any) -> None:
         n = len(value)

@@ -44,3 +44,13 @@ def test_box_mode_and_box_helpers():
     clip_boxes_(boxes, (6, 20))
     assert boxes.tolist() == [[0.0, 2.0, 20.0, 6.0], [3.0, 3.0, 3.0, 6.0]]
     assert nonempty_boxes(boxes).tolist() == [True, False]
+
+
+def test_instances_pickle_and_deepcopy():
+    import copy
+    import pickle
+
+    inst = Instances((4, 6), gt_boxes=torch.ones(2, 4), gt_classes=torch.tensor([0, 3]))
+    for clone in (pickle.loads(pickle.dumps(inst)), copy.deepcopy(inst)):
+        assert clone.image_size == (4, 6)
+        assert torch.equal(clone.gt_classes, inst.gt_classes)
