@@ -1,0 +1,161 @@
+#!/usr/bin/env python
+"""Speed and memory of a config's model: training s/iter or inference s/image.
+
+    python tools/benchmark.py --config-file configs/fcos_r50_1x.yaml --task train \
+        MODEL.DEVICE cpu SOLVER.IMS_PER_BATCH 2
+    python tools/benchmark.py --config-file CFG --task eval MODEL.DEVICE cuda \
+        SOLVER.AMP.ENABLED True
+
+A few batches are loaded once and reused, so the numbers are the model's (forward, backward and
+optimizer step for training; forward for inference), not the data loader's. Every run times
+``--num-iter`` iterations (or images) after ``--warmup`` untimed ones; the table gives the median
+and the spread (min-max) over ``--runs`` runs. Peak memory is ``torch.cuda.max_memory_allocated``
+on CUDA, and the peak resident set size of the process on CPU. Weights stay at their
+initialization (MODEL.WEIGHTS is not loaded): speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import statistics
+import time
+
+import assigndet.projects  # noqa: F401  (methods register their meta-architectures)
+import torch
+from tabulate import tabulate
+
+from assigndet.config import get_cfg
+from assigndet.data import build_detection_test_loader, build_detection_train_loader
+from assigndet.engine import AMPTrainer, SimpleTrainer
+from assigndet.engine.defaults import amp_dtype
+from assigndet.modeling import build_model
+from assigndet.solver import build_optimizer
+from assigndet.utils.events import peak_memory_mb
+from assigndet.utils.logger import setup_logger
+
+logger = logging.getLogger("assigndet.benchmark")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="training / inference speed and peak memory")
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--task", choices=["train", "eval"], default="train")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs")
+    parser.add_argument("--num-iter", type=int, default=10,
+                        help="iterations (train) or images (eval) per run")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    parser.add_argument("--num-batches", type=int, default=8,
+                        help="batches loaded once and cycled through")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides as KEY VALUE pairs")
+    return parser
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def benchmark_train(cfg, args) -> tuple[list[float], float]:
+    """Seconds per training iteration of each run, and peak memory in MiB."""
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, model)
+    loader = iter(build_detection_train_loader(cfg))
+    batches = [next(loader) for _ in range(args.num_batches)]
+    data = itertools.cycle(batches)
+    if cfg.SOLVER.AMP.ENABLED:
+        trainer = AMPTrainer(model, data, optimizer, amp_dtype(cfg.SOLVER.AMP.PRECISION))
+    else:
+        trainer = SimpleTrainer(model, data, optimizer)
+    device = next(model.parameters()).device
+    trainer.train(0, args.warmup)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    per_iter = []
+    start_iter = args.warmup
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        trainer.train(start_iter, start_iter + args.num_iter)
+        _sync(device)
+        per_iter.append((time.perf_counter() - start) / args.num_iter)
+        start_iter += args.num_iter
+    return per_iter, peak_memory_mb()
+
+
+def benchmark_eval(cfg, args) -> tuple[list[float], float]:
+    """Seconds per image of each run (batch of one image), and peak memory in MiB."""
+    if not cfg.DATASETS.TEST:
+        raise ValueError("--task eval needs a dataset in DATASETS.TEST")
+    model = build_model(cfg)
+    model.eval()
+    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
+    batches = list(itertools.islice(iter(loader), args.num_batches))
+    device = next(model.parameters()).device
+    amp = cfg.SOLVER.AMP.ENABLED
+    dtype = amp_dtype(cfg.SOLVER.AMP.PRECISION) if amp else torch.float32
+    if amp and device.type == "cpu":
+        dtype = torch.bfloat16
+    data = itertools.cycle(batches)
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=amp):
+        for _ in range(args.warmup):
+            model(next(data))
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        per_image = []
+        for _ in range(args.runs):
+            start = time.perf_counter()
+            num_images = 0
+            for _ in range(args.num_iter):
+                batch = next(data)
+                model(batch)
+                num_images += len(batch)
+            _sync(device)
+            per_image.append((time.perf_counter() - start) / num_images)
+    return per_image, peak_memory_mb()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_parser().parse_args(argv)
+    for name in ("runs", "num_iter", "num_batches"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    setup_logger(name="assigndet")
+    logging.getLogger("assigndet").setLevel(logging.WARNING)  # keep the table readable
+    cfg = get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    run = benchmark_train if args.task == "train" else benchmark_eval
+    times, peak = run(cfg, args)
+    label = "s / iter (train)" if args.task == "train" else "s / image (inference)"
+    result = {
+        "task": args.task,
+        "median": statistics.median(times),
+        "min": min(times),
+        "max": max(times),
+        "runs": len(times),
+        "peak_memory_mb": peak,
+    }
+    device = cfg.MODEL.DEVICE
+    amp = f"{cfg.SOLVER.AMP.PRECISION}" if cfg.SOLVER.AMP.ENABLED else "off"
+    batch = cfg.SOLVER.IMS_PER_BATCH if args.task == "train" else 1
+    memory = "peak RSS" if device == "cpu" else "max allocated"
+    print(
+        tabulate(
+            [[label, f"{result['median']:.4f}", f"{result['min']:.4f} - {result['max']:.4f}",
+              len(times), f"{peak:.0f} MiB ({memory})"]],
+            headers=["metric", "median", "spread (min - max)", "runs", "peak memory"],
+            tablefmt="pipe",
+        )
+    )
+    print(f"config: {args.config_file}  device: {device}  AMP: {amp}  images per iteration: "
+          f"{batch}  iterations per run: {args.num_iter}  threads: {torch.get_num_threads()}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
