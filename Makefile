@@ -19,8 +19,14 @@ $(STAMP): pyproject.toml setup.py $(KERNEL_SOURCES)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
+# The demo: train FCOS on the generated shapes dataset on CPU, evaluate it, then draw predictions
+# next to ground truth and plot the loss curves, all under $(DEMO_DIR).
+DEMO_DIR ?= output/demo
 demo: $(STAMP)
-	$(PY) tools/demo_shapes.py
+	$(PY) train_net.py --config-file configs/quickstart/fcos_shapes.yaml OUTPUT_DIR $(DEMO_DIR)
+	$(PY) tools/visualize.py --config-file configs/quickstart/fcos_shapes.yaml \
+		--output $(DEMO_DIR)/pictures --metrics $(DEMO_DIR)/metrics.json \
+		MODEL.WEIGHTS $(DEMO_DIR)/model_final.pth
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

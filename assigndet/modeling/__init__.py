@@ -1,0 +1,22 @@
+"""Models: backbones and the meta-architecture registry."""
+
+from .backbone import (
+    BACKBONE_REGISTRY,
+    FPN,
+    Backbone,
+    ResNet,
+    build_backbone,
+    build_resnet_backbone,
+)
+from .meta_arch.build import META_ARCH_REGISTRY, build_model
+
+__all__ = [
+    "BACKBONE_REGISTRY",
+    "FPN",
+    "META_ARCH_REGISTRY",
+    "Backbone",
+    "ResNet",
+    "build_backbone",
+    "build_model",
+    "build_resnet_backbone",
+]
