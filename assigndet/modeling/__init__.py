@@ -8,10 +8,11 @@ from .backbone import (
     build_backbone,
     build_resnet_backbone,
 )
-from .meta_arch.build import META_ARCH_REGISTRY, build_model
+from .meta_arch import FCOS, META_ARCH_REGISTRY, build_model
 
 __all__ = [
     "BACKBONE_REGISTRY",
+    "FCOS",
     "FPN",
     "META_ARCH_REGISTRY",
     "Backbone",

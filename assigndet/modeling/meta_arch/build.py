@@ -16,9 +16,11 @@ an ``nn.Module`` following the detectron2 model I/O (list of dicts in; losses or
 def build_model(cfg) -> nn.Module:
     """Build ``cfg.MODEL.META_ARCHITECTURE`` and move it to ``cfg.MODEL.DEVICE``.
 
-    A method's meta-architecture is registered when its module is imported (for the built-in
-    methods, ``import assigndet.projects``).
+    A method's meta-architecture is registered when its module is imported; the built-in methods
+    register when ``assigndet.projects`` is imported, which this function does.
     """
+    import assigndet.projects  # noqa: F401  (built-in methods register their meta-architectures)
+
     name = cfg.MODEL.META_ARCHITECTURE
     registered = sorted(n for n, _ in META_ARCH_REGISTRY)
     if name not in registered:

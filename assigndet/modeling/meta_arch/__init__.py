@@ -1,0 +1,6 @@
+"""Meta-architectures: whole detectors, registered by name for MODEL.META_ARCHITECTURE."""
+
+from .build import META_ARCH_REGISTRY, build_model
+from .fcos import FCOS
+
+__all__ = ["FCOS", "META_ARCH_REGISTRY", "build_model"]
