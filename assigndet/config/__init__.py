@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .config import CfgNode, ConfigKeyError, ConfigTypeError
+from .configurable import configurable
 
 _CONFIG_ADDERS: list[Callable[[CfgNode], None]] = []
 
@@ -34,4 +35,11 @@ def get_cfg() -> CfgNode:
     return cfg
 
 
-__all__ = ["CfgNode", "ConfigKeyError", "ConfigTypeError", "get_cfg", "register_config_adder"]
+__all__ = [
+    "CfgNode",
+    "ConfigKeyError",
+    "ConfigTypeError",
+    "configurable",
+    "get_cfg",
+    "register_config_adder",
+]

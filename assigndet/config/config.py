@@ -156,7 +156,9 @@ class CfgNode(_FvCfgNode):
                 if node.is_new_allowed():
                     continue
                 raise _unknown_key_error(key, node, prefix, source)
-            values[key] = _check_value(full, node[key], values[key], source)
+            # Like yacs, strings that read as Python literals are parsed: detectron2 configs write
+            # tuples as strings, e.g. TRAIN: ("coco_2017_train",).
+            values[key] = _check_value(full, node[key], CfgNode._decode_value(values[key]), source)
             if isinstance(node[key], _FvCfgNode):
                 CfgNode._validate(values[key], node[key], full + ".", source)
 

@@ -183,3 +183,20 @@ def test_detectron2_eval_tag_loads(tmp_path):
     assert cfg.MODEL.ANCHOR_GENERATOR.SIZES[1][0] == 64
     with pytest.raises(Exception, match="python"):
         get_cfg().merge_from_file(path, allow_unsafe=False)
+
+
+def test_tuple_strings_in_yaml_are_parsed_like_yacs(tmp_path):
+    path = _write(
+        tmp_path / "d2.yaml",
+        """\
+        DATASETS:
+          TRAIN: ("coco_2017_train",)
+          TEST: ("coco_2017_val",)
+        MODEL:
+          META_ARCHITECTURE: "GeneralizedRCNN"
+        """,
+    )
+    cfg = get_cfg()
+    cfg.merge_from_file(path)
+    assert cfg.DATASETS.TRAIN == ("coco_2017_train",)
+    assert cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
