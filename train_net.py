@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 
 import assigndet.projects  # noqa: F401  (methods register their meta-architectures)
-
 from assigndet.checkpoint import DetectionCheckpointer
 from assigndet.config import get_cfg
 from assigndet.engine import DefaultTrainer, default_argument_parser, default_setup, launch

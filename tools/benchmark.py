@@ -22,10 +22,10 @@ import logging
 import statistics
 import time
 
-import assigndet.projects  # noqa: F401  (methods register their meta-architectures)
 import torch
 from tabulate import tabulate
 
+import assigndet.projects  # noqa: F401  (methods register their meta-architectures)
 from assigndet.config import get_cfg
 from assigndet.data import build_detection_test_loader, build_detection_train_loader
 from assigndet.engine import AMPTrainer, SimpleTrainer

@@ -13,9 +13,9 @@ import logging
 import os
 import time
 
-import assigndet.projects  # noqa: F401  (methods register their meta-architectures)
 import cv2
 
+import assigndet.projects  # noqa: F401  (methods register their meta-architectures)
 from assigndet.config import get_cfg
 from assigndet.engine import DefaultPredictor
 from assigndet.utils.logger import setup_logger

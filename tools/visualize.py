@@ -16,9 +16,9 @@ import argparse
 import logging
 import os
 
-import assigndet.projects  # noqa: F401  (methods register their meta-architectures)
 import cv2
 
+import assigndet.projects  # noqa: F401  (methods register their meta-architectures)
 from assigndet.config import get_cfg
 from assigndet.data import DatasetCatalog, MetadataCatalog, read_image
 from assigndet.engine import DefaultPredictor
