@@ -16,7 +16,7 @@ import os
 
 import assigndet.projects  # noqa: F401  (methods register their meta-architectures)
 from assigndet.checkpoint import DetectionCheckpointer
-from assigndet.config import get_cfg
+from assigndet.config import load_config
 from assigndet.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from assigndet.engine.defaults import check_weights_file
 from assigndet.evaluation import verify_results
@@ -30,11 +30,7 @@ class Trainer(DefaultTrainer):
 
 def setup(args):
     """get_cfg(), then the config file, then the KEY VALUE overrides; frozen; run set-up."""
-    cfg = get_cfg()
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
     return cfg
 

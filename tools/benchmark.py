@@ -26,7 +26,7 @@ import torch
 from tabulate import tabulate
 
 import assigndet.projects  # noqa: F401  (methods register their meta-architectures)
-from assigndet.config import get_cfg
+from assigndet.config import load_config
 from assigndet.data import build_detection_test_loader, build_detection_train_loader
 from assigndet.engine import AMPTrainer, SimpleTrainer
 from assigndet.engine.defaults import amp_dtype
@@ -125,10 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     setup_logger(name="assigndet")
     logging.getLogger("assigndet").setLevel(logging.WARNING)  # keep the table readable
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     run = benchmark_train if args.task == "train" else benchmark_eval
     times, peak = run(cfg, args)
     label = "s / iter (train)" if args.task == "train" else "s / image (inference)"

@@ -16,7 +16,7 @@ import time
 import cv2
 
 import assigndet.projects  # noqa: F401  (methods register their meta-architectures)
-from assigndet.config import get_cfg
+from assigndet.config import load_config
 from assigndet.engine import DefaultPredictor
 from assigndet.utils.logger import setup_logger
 from assigndet.utils.visualizer import draw_instance_predictions
@@ -50,10 +50,7 @@ def expand_inputs(patterns: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> list[str]:
     args = get_parser().parse_args(argv)
     setup_logger(name="assigndet")
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     files = expand_inputs(args.input)
     predictor = DefaultPredictor(cfg)
     class_names = predictor.metadata.get("thing_classes") if predictor.metadata else None

@@ -19,7 +19,7 @@ import os
 import cv2
 
 import assigndet.projects  # noqa: F401  (methods register their meta-architectures)
-from assigndet.config import get_cfg
+from assigndet.config import load_config
 from assigndet.data import DatasetCatalog, MetadataCatalog, read_image
 from assigndet.engine import DefaultPredictor
 from assigndet.utils.logger import setup_logger
@@ -50,10 +50,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> list[str]:
     args = get_parser().parse_args(argv)
     setup_logger(name="assigndet")
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
     if dataset is None:
         raise ValueError("No dataset: pass --dataset or set DATASETS.TEST")

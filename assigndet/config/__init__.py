@@ -35,11 +35,23 @@ def get_cfg() -> CfgNode:
     return cfg
 
 
+def load_config(config_file: str = "", opts: list[str] | None = None) -> CfgNode:
+    """The build order of every entry point: ``get_cfg()``, the file (if any), the ``KEY VALUE``
+    overrides; frozen."""
+    cfg = get_cfg()
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts or []))
+    cfg.freeze()
+    return cfg
+
+
 __all__ = [
     "CfgNode",
     "ConfigKeyError",
     "ConfigTypeError",
     "configurable",
     "get_cfg",
+    "load_config",
     "register_config_adder",
 ]

@@ -200,3 +200,12 @@ def test_tuple_strings_in_yaml_are_parsed_like_yacs(tmp_path):
     cfg.merge_from_file(path)
     assert cfg.DATASETS.TRAIN == ("coco_2017_train",)
     assert cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
+
+
+def test_load_config_applies_file_then_overrides_and_freezes(tmp_path):
+    from assigndet.config import load_config
+
+    path = _write(tmp_path / "c.yaml", "SOLVER:\n  BASE_LR: 0.02\n  MAX_ITER: 7\n")
+    cfg = load_config(path, ["SOLVER.MAX_ITER", "9"])
+    assert cfg.SOLVER.BASE_LR == 0.02 and cfg.SOLVER.MAX_ITER == 9
+    assert cfg.is_frozen()
