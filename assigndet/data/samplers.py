@@ -23,7 +23,29 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
     return rank, world_size
 
 
-class TrainingSampler(Sampler[int]):
+class _InfiniteShardedSampler(Sampler[int]):
+    """Endless epochs drawn from one generator seeded with ``seed`` (the same on every rank);
+    rank ``r`` takes items ``r, r + world_size, ...`` of the stream. Subclasses give one epoch's
+    order in ``_epoch_order``."""
+
+    def __init__(self, seed: int | None, rank: int | None, world_size: int | None) -> None:
+        self._seed = int(comm.shared_random_seed() if seed is None else seed)
+        self._rank, self._world_size = _rank_and_world(rank, world_size)
+
+    def _epoch_order(self, g: torch.Generator) -> list[int]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[int]:
+        yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
+
+    def _infinite_indices(self) -> Iterator[int]:
+        g = torch.Generator()
+        g.manual_seed(self._seed)
+        while True:
+            yield from self._epoch_order(g)
+
+
+class TrainingSampler(_InfiniteShardedSampler):
     """An endless stream of indices of a dataset of ``size`` items, sharded over ranks.
 
     All ranks draw the same sequence of random permutations (one per epoch) from ``seed``;
@@ -48,25 +70,17 @@ class TrainingSampler(Sampler[int]):
     ) -> None:
         if size <= 0:
             raise ValueError(f"TrainingSampler needs a dataset of size > 0, got {size}")
+        super().__init__(seed, rank, world_size)
         self._size = size
         self._shuffle = shuffle
-        self._seed = int(comm.shared_random_seed() if seed is None else seed)
-        self._rank, self._world_size = _rank_and_world(rank, world_size)
 
-    def __iter__(self) -> Iterator[int]:
-        yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
-
-    def _infinite_indices(self) -> Iterator[int]:
-        g = torch.Generator()
-        g.manual_seed(self._seed)
-        while True:
-            if self._shuffle:
-                yield from torch.randperm(self._size, generator=g).tolist()
-            else:
-                yield from range(self._size)
+    def _epoch_order(self, g: torch.Generator) -> list[int]:
+        if self._shuffle:
+            return torch.randperm(self._size, generator=g).tolist()
+        return list(range(self._size))
 
 
-class RepeatFactorTrainingSampler(Sampler[int]):
+class RepeatFactorTrainingSampler(_InfiniteShardedSampler):
     """Like ``TrainingSampler``, but image ``i`` appears about ``repeat_factors[i]`` times per
     epoch (stochastic rounding of the fractional part, re-drawn each epoch; LVIS's scheme).
 
@@ -85,9 +99,8 @@ class RepeatFactorTrainingSampler(Sampler[int]):
     ) -> None:
         if len(repeat_factors) == 0:
             raise ValueError("RepeatFactorTrainingSampler needs at least one repeat factor")
+        super().__init__(seed, rank, world_size)
         self._shuffle = shuffle
-        self._seed = int(comm.shared_random_seed() if seed is None else seed)
-        self._rank, self._world_size = _rank_and_world(rank, world_size)
         factors = torch.as_tensor(repeat_factors, dtype=torch.float64)
         self._int_part = torch.trunc(factors)
         self._frac_part = factors - self._int_part
@@ -119,17 +132,11 @@ class RepeatFactorTrainingSampler(Sampler[int]):
         # numpy's repeat: torch.repeat_interleave costs ~1 ms per call even on tiny inputs.
         return torch.from_numpy(np.repeat(np.arange(len(reps)), reps))
 
-    def __iter__(self) -> Iterator[int]:
-        yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
-
-    def _infinite_indices(self) -> Iterator[int]:
-        g = torch.Generator()
-        g.manual_seed(self._seed)
-        while True:
-            indices = self._epoch_indices(g)
-            if self._shuffle:
-                indices = indices[torch.randperm(len(indices), generator=g)]
-            yield from indices.tolist()
+    def _epoch_order(self, g: torch.Generator) -> list[int]:
+        indices = self._epoch_indices(g)
+        if self._shuffle:
+            indices = indices[torch.randperm(len(indices), generator=g)]
+        return indices.tolist()
 
 
 class InferenceSampler(Sampler[int]):
