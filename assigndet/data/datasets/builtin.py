@@ -4,7 +4,10 @@ Paths are resolved under ``$ASSIGNDET_DATASETS`` (default ``./datasets``) when a
 loaded, not at import, in detectron2's layout::
 
     coco/train2017/  coco/val2017/  coco/annotations/instances_{train,val}2017.json
-    shapes/{train,val}/             generated on first use (see ``shapes.py``)
+    shapes/{train,val,mini_train,mini_val}/   generated on first use (see ``shapes.py``)
+
+``shapes_mini_train`` / ``shapes_mini_val`` are small splits of small images (short side
+64-96 px), for smoke tests and quick checks of a set-up, like detectron2's ``coco_2017_val_100``.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ _COCO_SPLITS = {
     "coco_2017_val": ("coco/val2017", "coco/annotations/instances_val2017.json"),
 }
 
-# name -> (split, number of images, seed)
+# name -> (split, number of images, seed[, generation options of generate_shapes_dataset])
+_MINI = {"min_short": 64, "max_short": 96, "min_size": 10.0, "max_objects": 4}
 SHAPES_SPLITS = {
     "shapes_train": ("train", 1000, 1),
     "shapes_val": ("val", 200, 2),
+    "shapes_mini_train": ("mini_train", 64, 3, _MINI),
+    "shapes_mini_val": ("mini_val", 32, 4, _MINI),
 }
 
 
@@ -44,8 +50,9 @@ def _load_coco_split(name: str) -> list[dict]:
 
 
 def _shapes_paths(name: str) -> tuple[str, str]:
-    split, num_images, seed = SHAPES_SPLITS[name]
-    return generate_shapes_dataset(os.path.join(datasets_root(), "shapes"), split, num_images, seed)
+    split, num_images, seed, *options = SHAPES_SPLITS[name]
+    root = os.path.join(datasets_root(), "shapes")
+    return generate_shapes_dataset(root, split, num_images, seed, **(options[0] if options else {}))
 
 
 def _load_shapes_split(name: str) -> list[dict]:

@@ -419,8 +419,11 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
             f"{list(_STAGE_INDEX)}"
         )
     if depth in (18, 34):
+        # detectron2 requires 64 (the width of every released checkpoint); narrower basic-block
+        # ResNets are allowed for small models trained from scratch, as long as res2 keeps the
+        # stem's width like the standard ones.
         for key, value, expected in (
-            ("RES2_OUT_CHANNELS", out_channels, 64),
+            ("RES2_OUT_CHANNELS", out_channels, in_channels),
             ("RES5_DILATION", res5_dilation, 1),
             ("NUM_GROUPS", num_groups, 1),
         ):

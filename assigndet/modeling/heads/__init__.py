@@ -1,5 +1,5 @@
 """Dense prediction heads."""
 
-from .fcos_head import FCOSHead, Scale
+from .fcos_head import FCOSHead, Scale, conv_tower
 
-__all__ = ["FCOSHead", "Scale"]
+__all__ = ["FCOSHead", "Scale", "conv_tower"]

@@ -21,7 +21,8 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-def _tower(num_convs: int, channels: int, norm: str) -> nn.Sequential:
+def conv_tower(num_convs: int, channels: int, norm: str) -> nn.Sequential:
+    """``num_convs`` x [3x3 conv (stride 1, same channels) -> norm (if any) -> ReLU]."""
     layers: list[nn.Module] = []
     for _ in range(num_convs):
         layers.append(nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1, bias=True))
@@ -63,9 +64,9 @@ class FCOSHead(nn.Module):
         self.num_classes = num_classes
         self.centerness_on_reg = centerness_on_reg
         self.norm_reg_targets = norm_reg_targets
-        self.share_tower = _tower(num_share_convs, in_channels, norm)
-        self.cls_tower = _tower(num_cls_convs, in_channels, norm)
-        self.bbox_tower = _tower(num_box_convs, in_channels, norm)
+        self.share_tower = conv_tower(num_share_convs, in_channels, norm)
+        self.cls_tower = conv_tower(num_cls_convs, in_channels, norm)
+        self.bbox_tower = conv_tower(num_box_convs, in_channels, norm)
         self.cls_logits = nn.Conv2d(in_channels, num_classes, kernel_size=3, stride=1, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, 4, kernel_size=3, stride=1, padding=1)
         self.ctrness = nn.Conv2d(in_channels, 1, kernel_size=3, stride=1, padding=1)

@@ -25,7 +25,7 @@ from ..losses.fcos import fcos_losses
 from ..postprocessing import detector_postprocess
 from .build import META_ARCH_REGISTRY
 
-__all__ = ["FCOS", "compute_locations"]
+__all__ = ["FCOS", "compute_locations", "flatten_levels"]
 
 
 def compute_locations(
@@ -49,7 +49,7 @@ def compute_locations(
     return locations
 
 
-def _flatten(maps: list[Tensor]) -> Tensor:
+def flatten_levels(maps: list[Tensor]) -> Tensor:
     """L maps ``[N, C, H_l, W_l]`` -> ``[N, sum_l H_l * W_l, C]``, levels concatenated."""
     return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], 1)
 
@@ -210,23 +210,46 @@ class FCOS(nn.Module):
 
     def forward(self, batched_inputs: list[dict[str, Any]]):
         images = self.preprocess_image(batched_inputs)
+        locations, cls_logits, box_reg, ctr_logits, _ = self.predict(images)
+        if self.training:
+            targets = self.label_locations(locations, self.gt_instances(batched_inputs))
+            return self.losses(cls_logits, box_reg, ctr_logits, targets)
+        results = self.inference(locations, cls_logits, box_reg, ctr_logits, images)
+        return self.postprocess(results, batched_inputs, images)
+
+    def predict(
+        self, images: ImageList
+    ) -> tuple[list[Tensor], Tensor, Tensor, Tensor, list[Tensor]]:
+        """Backbone and head on a batch.
+
+        Returns:
+            ``(locations, cls_logits, box_reg, ctr_logits, box_features)``: L tensors
+            ``[R_l, 2]``; ``[N, R, K]``, ``[N, R, 4]`` and ``[N, R]`` with all levels
+            concatenated (R = sum of R_l); the box tower's L maps ``[N, C, H_l, W_l]``.
+        """
         features = self.backbone(images.tensor)
         features = [features[f] for f in self.in_features]
-        cls_maps, reg_maps, ctr_maps, _ = self.head(features)
+        cls_maps, reg_maps, ctr_maps, box_features = self.head(features)
         locations = compute_locations(
             [f.shape[-2:] for f in features], self.fpn_strides, self.device
         )
-        cls_logits, box_reg, ctr_logits = _flatten(cls_maps), _flatten(reg_maps), _flatten(ctr_maps)
+        cls_logits = flatten_levels(cls_maps)
+        box_reg = flatten_levels(reg_maps)
+        ctr_logits = flatten_levels(ctr_maps)[..., 0]
+        return locations, cls_logits, box_reg, ctr_logits, box_features
 
-        if self.training:
-            missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
-            if missing:
-                raise KeyError(f"FCOS training inputs {missing} have no 'instances'")
-            gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-            targets = self.label_locations(locations, gt_instances)
-            return self.losses(cls_logits, box_reg, ctr_logits[..., 0], targets)
+    def gt_instances(self, batched_inputs: list[dict[str, Any]]) -> list[Instances]:
+        """The training inputs' ``instances`` on the model's device."""
+        missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
+        if missing:
+            raise KeyError(f"{type(self).__name__} training inputs {missing} have no 'instances'")
+        return [x["instances"].to(self.device) for x in batched_inputs]
 
-        results = self.inference(locations, cls_logits, box_reg, ctr_logits[..., 0], images)
+    @staticmethod
+    def postprocess(
+        results: list[Instances], batched_inputs: list[dict[str, Any]], images: ImageList
+    ) -> list[dict[str, Instances]]:
+        """Rescale each image's detections to its requested output size (height/width)."""
         processed = []
         for result, x, image_size in zip(results, batched_inputs, images.image_sizes):
             height = x.get("height", image_size[0])
