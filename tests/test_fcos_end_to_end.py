@@ -4,6 +4,7 @@ The runs use the quickstart config on the small ``shapes_mini_*`` splits (64-96 
 each stays within seconds to a minute on two CPU cores.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,7 +13,6 @@ import sys
 import pytest
 import torch
 
-from assigndet.checkpoint import DetectionCheckpointer
 from assigndet.config import load_config
 from assigndet.engine import DefaultTrainer, HookBase, default_argument_parser
 
@@ -45,9 +45,8 @@ def _metrics(output_dir) -> list[dict]:
 
 
 def _load_train_net():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO_ROOT, "train_net.py"))
+    path = os.path.join(REPO_ROOT, "train_net.py")
+    spec = importlib.util.spec_from_file_location("train_net", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -30,6 +30,7 @@ from assigndet.config import load_config
 from assigndet.data import build_detection_test_loader, build_detection_train_loader
 from assigndet.engine import AMPTrainer, SimpleTrainer
 from assigndet.engine.defaults import amp_dtype
+from assigndet.evaluation.timing import synchronize_device, time_inference
 from assigndet.modeling import build_model
 from assigndet.solver import build_optimizer
 from assigndet.utils.events import peak_memory_mb
@@ -53,11 +54,6 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def benchmark_train(cfg, args) -> tuple[list[float], float]:
     """Seconds per training iteration of each run, and peak memory in MiB."""
     model = build_model(cfg)
@@ -71,7 +67,7 @@ def benchmark_train(cfg, args) -> tuple[list[float], float]:
         trainer = SimpleTrainer(model, data, optimizer)
     device = next(model.parameters()).device
     trainer.train(0, args.warmup)
-    _sync(device)
+    synchronize_device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     per_iter = []
@@ -79,14 +75,15 @@ def benchmark_train(cfg, args) -> tuple[list[float], float]:
     for _ in range(args.runs):
         start = time.perf_counter()
         trainer.train(start_iter, start_iter + args.num_iter)
-        _sync(device)
+        synchronize_device(device)
         per_iter.append((time.perf_counter() - start) / args.num_iter)
         start_iter += args.num_iter
     return per_iter, peak_memory_mb()
 
 
-def benchmark_eval(cfg, args) -> tuple[list[float], float]:
-    """Seconds per image of each run (batch of one image), and peak memory in MiB."""
+def benchmark_eval(cfg, args) -> tuple[dict[str, list[float]], float]:
+    """Seconds per image of each run (batch of one image) in total and, for dense detectors,
+    split into network and post-processing; and peak memory in MiB."""
     if not cfg.DATASETS.TEST:
         raise ValueError("--task eval needs a dataset in DATASETS.TEST")
     model = build_model(cfg)
@@ -98,24 +95,11 @@ def benchmark_eval(cfg, args) -> tuple[list[float], float]:
     dtype = amp_dtype(cfg.SOLVER.AMP.PRECISION) if amp else torch.float32
     if amp and device.type == "cpu":
         dtype = torch.bfloat16
-    data = itertools.cycle(batches)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=amp):
-        for _ in range(args.warmup):
-            model(next(data))
-        _sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        per_image = []
-        for _ in range(args.runs):
-            start = time.perf_counter()
-            num_images = 0
-            for _ in range(args.num_iter):
-                batch = next(data)
-                model(batch)
-                num_images += len(batch)
-            _sync(device)
-            per_image.append((time.perf_counter() - start) / num_images)
-    return per_image, peak_memory_mb()
+        times = time_inference(model, batches, args.runs, args.num_iter, args.warmup)
+    return times, peak_memory_mb()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -126,29 +110,29 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logger(name="assigndet")
     logging.getLogger("assigndet").setLevel(logging.WARNING)  # keep the table readable
     cfg = load_config(args.config_file, args.opts)
-    run = benchmark_train if args.task == "train" else benchmark_eval
-    times, peak = run(cfg, args)
-    label = "s / iter (train)" if args.task == "train" else "s / image (inference)"
+    if args.task == "train":
+        per_iter, peak = benchmark_train(cfg, args)
+        times = {"train": per_iter}
+    else:
+        times, peak = benchmark_eval(cfg, args)
     result = {
-        "task": args.task,
-        "median": statistics.median(times),
-        "min": min(times),
-        "max": max(times),
-        "runs": len(times),
-        "peak_memory_mb": peak,
+        name: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": len(v)}
+        for name, v in times.items()
     }
+    result["task"] = args.task
+    result["peak_memory_mb"] = peak
     device = cfg.MODEL.DEVICE
     amp = f"{cfg.SOLVER.AMP.PRECISION}" if cfg.SOLVER.AMP.ENABLED else "off"
     batch = cfg.SOLVER.IMS_PER_BATCH if args.task == "train" else 1
     memory = "peak RSS" if device == "cpu" else "max allocated"
-    print(
-        tabulate(
-            [[label, f"{result['median']:.4f}", f"{result['min']:.4f} - {result['max']:.4f}",
-              len(times), f"{peak:.0f} MiB ({memory})"]],
-            headers=["metric", "median", "spread (min - max)", "runs", "peak memory"],
-            tablefmt="pipe",
-        )
-    )
+    unit = "s / iter" if args.task == "train" else "s / image"
+    table = [
+        [f"{unit} ({name})", f"{statistics.median(v):.4f}", f"{min(v):.4f} - {max(v):.4f}", len(v)]
+        for name, v in times.items()
+    ]
+    table[0].append(f"{peak:.0f} MiB ({memory})")
+    print(tabulate(table, headers=["metric", "median", "spread (min - max)", "runs",
+                                   "peak memory"], tablefmt="pipe"))
     print(f"config: {args.config_file}  device: {device}  AMP: {amp}  images per iteration: "
           f"{batch}  iterations per run: {args.num_iter}  threads: {torch.get_num_threads()}")
     return result

@@ -98,10 +98,11 @@ def test_benchmark_train_and_eval(trained, capsys):
     common = ["--config-file", config, "--runs", "2", "--num-iter", "2", "--warmup", "1",
               "--num-batches", "2"]
     result = bench.main(common + ["--task", "train"])
-    assert result["runs"] == 2 and 0 < result["min"] <= result["median"] <= result["max"]
+    train = result["train"]
+    assert train["runs"] == 2 and 0 < train["min"] <= train["median"] <= train["max"]
     assert result["peak_memory_mb"] > 0
     table = capsys.readouterr().out
     assert "s / iter (train)" in table and "peak RSS" in table
     result = bench.main(common + ["--task", "eval"])
-    assert result["task"] == "eval" and result["median"] > 0
-    assert "s / image (inference)" in capsys.readouterr().out
+    assert result["task"] == "eval" and result["total"]["median"] > 0
+    assert "s / image (total)" in capsys.readouterr().out
