@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> GraphSummary:
         summary = export_torchscript(model, height, width, args.output)
     logger.info("Wrote %s: %s", args.output, summary.describe())
     nms = "NonMaxSuppression" if args.format == "onnx" else "nms"
-    logger.info("The graph has %d nodes and no %s node: detections are the top %s pairs by "
-                "score, with no NMS", summary.num_nodes, nms, "D")
+    logger.info("%d nodes, no %s node: the graph is NMS-free", summary.num_nodes, nms)
     return summary
 
 

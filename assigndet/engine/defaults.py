@@ -377,6 +377,7 @@ class DefaultTrainer(TrainerBase):
                 f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} DATASETS.TEST"
             )
         results: OrderedDict = OrderedDict()
+        comm.broadcast_buffers(model)  # the same BatchNorm statistics on every rank as saved
         for idx, dataset_name in enumerate(cfg.DATASETS.TEST):
             data_loader = cls.build_test_loader(cfg, dataset_name)
             if evaluators is not None:

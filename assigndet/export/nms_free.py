@@ -216,6 +216,8 @@ def _tracing(model: nn.Module) -> Iterator[None]:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export")
+            warnings.filterwarnings("ignore", message="The feature will be removed",
+                                    category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated")
             yield
     finally:
@@ -321,7 +323,8 @@ def torchscript_graph_summary(
         for block in node.blocks():
             pending.extend(block.nodes())
     shape = (BATCH_AXIS_NAME, 3, height, width)
-    return GraphSummary("torchscript", path, sum(counts.values()), dict(counts.most_common()), shape)
+    ops = dict(counts.most_common())
+    return GraphSummary("torchscript", path, sum(counts.values()), ops, shape)
 
 
 def _check_nms_free(summary: GraphSummary) -> None:

@@ -118,3 +118,13 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     reduced = tensor.detach().clone()
     dist.all_reduce(reduced)
     return reduced / world_size
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy every buffer of ``module`` (e.g. BatchNorm running statistics) from rank ``src`` to
+    all ranks, in place. Training keeps per-rank buffers (DDP with ``broadcast_buffers=False``);
+    evaluation calls this so that every rank runs the model that rank 0 checkpoints."""
+    if get_world_size() == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=src)
