@@ -24,6 +24,7 @@ from assigndet.export import (
     size_divisibility,
 )
 from assigndet.modeling import build_model
+from assigndet.utils.testing import tiny_dense_detector_cfg
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -52,24 +53,7 @@ def _session(path):
 
 
 def _tiny_cfg(meta_arch="FCOS_PSS", **overrides):
-    cfg = get_cfg()
-    cfg.MODEL.META_ARCHITECTURE = meta_arch
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.NAME = "build_fcos_resnet_fpn_backbone"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.FPN.OUT_CHANNELS = 32
-    cfg.MODEL.FCOS.NUM_CLASSES = 3
-    cfg.MODEL.FCOS.NUM_CLS_CONVS = 1
-    cfg.MODEL.FCOS.NUM_BOX_CONVS = 1
-    cfg.MODEL.FCOS.TOP_LEVELS = 0
-    cfg.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5"]
-    cfg.MODEL.FCOS.FPN_STRIDES = [8, 16, 32]
-    cfg.MODEL.FCOS.SIZES_OF_INTEREST = [32, 64]
+    cfg = tiny_dense_detector_cfg(meta_arch, num_classes=3)
     cfg.INPUT.MIN_SIZE_TEST = HEIGHT
     cfg.INPUT.MAX_SIZE_TEST = WIDTH
     cfg.TEST.DETECTIONS_PER_IMAGE = NUM_DETECTIONS

@@ -2,43 +2,24 @@ import pytest
 import torch
 
 import assigndet.modeling.meta_arch.fcos  # noqa: F401  (registers FCOS)
-from assigndet.config import get_cfg
 from assigndet.modeling import build_model
 from assigndet.modeling.meta_arch.fcos import FCOS, compute_locations
-from assigndet.structures import Instances
+from assigndet.utils.testing import random_detection_batch, tiny_dense_detector_cfg
 
 NUM_CLASSES = 3
 
 
 def _tiny_cfg():
-    cfg = get_cfg()
-    cfg.MODEL.META_ARCHITECTURE = "FCOS"
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.NAME = "build_fcos_resnet_fpn_backbone"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.FPN.OUT_CHANNELS = 32
-    cfg.MODEL.FCOS.NUM_CLASSES = NUM_CLASSES
-    cfg.MODEL.FCOS.NUM_CLS_CONVS = 1
-    cfg.MODEL.FCOS.NUM_BOX_CONVS = 1
-    return cfg
+    return tiny_dense_detector_cfg("FCOS", NUM_CLASSES, fpn_channels=32, top_levels=2)
 
 
 def _batch():
-    gen = torch.Generator().manual_seed(0)
-    sizes = [(64, 80), (56, 64)]
-    boxes = [[[4.0, 6.0, 40.0, 30.0], [30.0, 20.0, 76.0, 60.0]], [[10.0, 8.0, 50.0, 50.0]]]
-    classes = [[0, 2], [1]]
-    batch = []
-    for (h, w), b, c in zip(sizes, boxes, classes):
-        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
-        inst = Instances((h, w), gt_boxes=torch.tensor(b), gt_classes=torch.tensor(c))
-        batch.append({"image": image, "instances": inst, "height": 2 * h, "width": 2 * w})
-    return batch
+    return random_detection_batch(
+        [(64, 80), (56, 64)],
+        [[[4.0, 6.0, 40.0, 30.0], [30.0, 20.0, 76.0, 60.0]], [[10.0, 8.0, 50.0, 50.0]]],
+        [[0, 2], [1]],
+        output_scale=2,
+    )
 
 
 @pytest.fixture(scope="module")

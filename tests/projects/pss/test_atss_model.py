@@ -10,6 +10,7 @@ from assigndet.modeling.assigners.fcos import FCOSTargets
 from assigndet.modeling.losses.fcos import fcos_losses
 from assigndet.projects.pss.atss import ATSS
 from assigndet.structures import Instances
+from assigndet.utils.testing import random_detection_batch, tiny_dense_detector_cfg
 
 NUM_CLASSES = 3
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
@@ -17,37 +18,16 @@ CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 def _tiny_cfg():
     """R-18 with a 64-channel FPN on P3-P5 and one conv per tower."""
-    cfg = get_cfg()
-    cfg.MODEL.META_ARCHITECTURE = "ATSS"
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.NAME = "build_fcos_resnet_fpn_backbone"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.FPN.OUT_CHANNELS = 64
-    cfg.MODEL.FCOS.TOP_LEVELS = 0
-    cfg.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5"]
-    cfg.MODEL.FCOS.FPN_STRIDES = [8, 16, 32]
-    cfg.MODEL.FCOS.NUM_CLASSES = NUM_CLASSES
-    cfg.MODEL.FCOS.NUM_CLS_CONVS = 1
-    cfg.MODEL.FCOS.NUM_BOX_CONVS = 1
-    return cfg
+    return tiny_dense_detector_cfg("ATSS", NUM_CLASSES, fpn_channels=64)
 
 
 def _batch():
-    gen = torch.Generator().manual_seed(0)
-    sizes = [(64, 80), (56, 64)]
-    boxes = [[[4.0, 6.0, 40.0, 30.0], [30.0, 20.0, 76.0, 60.0]], [[10.0, 8.0, 50.0, 50.0]]]
-    classes = [[0, 2], [1]]
-    batch = []
-    for (h, w), b, c in zip(sizes, boxes, classes):
-        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
-        inst = Instances((h, w), gt_boxes=torch.tensor(b), gt_classes=torch.tensor(c))
-        batch.append({"image": image, "instances": inst, "height": 2 * h, "width": 2 * w})
-    return batch
+    return random_detection_batch(
+        [(64, 80), (56, 64)],
+        [[[4.0, 6.0, 40.0, 30.0], [30.0, 20.0, 76.0, 60.0]], [[10.0, 8.0, 50.0, 50.0]]],
+        [[0, 2], [1]],
+        output_scale=2,
+    )
 
 
 @pytest.fixture(scope="module")
