@@ -1,7 +1,7 @@
 """Inference time per image, split into the network and the post-processing.
 
 Dense detectors of the library (FCOS and the models built on it) expose ``preprocess_image``
-and ``predict`` (backbone and head; plus ``pss_head`` for the PSS detectors): their network time
+and ``predict`` (backbone and every head, the PSS branch included): their network time
 is measured by running exactly those, and the post-processing time is the full forward's time
 minus the network's (medians over runs). Other models get the full time only.
 """
@@ -25,11 +25,7 @@ def synchronize_device(device: torch.device) -> None:
 
 
 def _network_only(model: nn.Module, batch: list[dict]) -> None:
-    images = model.preprocess_image(batch)
-    predictions = model.predict(images)
-    pss_head = getattr(model, "pss_head", None)
-    if pss_head is not None:
-        pss_head(predictions[4])  # the box tower's features
+    model.predict(model.preprocess_image(batch))
 
 
 def _seconds_per_image(fn, model, batches, runs: int, num_iter: int) -> list[float]:

@@ -103,7 +103,7 @@ class ATSS(FCOS):
             )
             for inst in gt_instances
         ]
-        return FCOSTargets(*(torch.stack(field) for field in zip(*per_image)))
+        return FCOSTargets.stack(per_image)
 
     def losses(
         self, cls_logits: Tensor, box_reg: Tensor, ctr_logits: Tensor, targets: FCOSTargets

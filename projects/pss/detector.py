@@ -157,10 +157,17 @@ class PSSMixin:
                     module.train(False)  # frozen BN statistics stay as loaded
         return self
 
+    def predict(self, images: ImageList) -> tuple[list[Tensor], Tensor, Tensor, Tensor, Tensor]:
+        """The base detector's predictions with the PSS branch's logits ``[N, R]`` in place of
+        the box tower's features (which only the branch reads):
+        ``(locations, cls_logits, box_reg, ctr_logits, pss_logits)``."""
+        locations, cls_logits, box_reg, ctr_logits, box_features = super().predict(images)
+        pss_logits = flatten_levels(self.pss_head(box_features))[..., 0]
+        return locations, cls_logits, box_reg, ctr_logits, pss_logits
+
     def forward(self, batched_inputs: list[dict[str, Any]]):
         images = self.preprocess_image(batched_inputs)
-        locations, cls_logits, box_reg, ctr_logits, box_features = self.predict(images)
-        pss_logits = flatten_levels(self.pss_head(box_features))[..., 0]  # [N, R]
+        locations, cls_logits, box_reg, ctr_logits, pss_logits = self.predict(images)
         if self.training:
             gt_instances = self.gt_instances(batched_inputs)
             targets = self.label_locations(locations, gt_instances)
@@ -279,8 +286,7 @@ class PSSMixin:
         image, ``scores [N, D]`` and ``classes [N, D]``; D = TEST.DETECTIONS_PER_IMAGE. No NMS."""
         normalized = (images.float() - self.pixel_mean) / self.pixel_std
         batch = ImageList(normalized, [tuple(normalized.shape[-2:])] * normalized.shape[0])
-        locations, cls_logits, box_reg, ctr_logits, box_features = self.predict(batch)
-        pss_logits = flatten_levels(self.pss_head(box_features))[..., 0]
+        locations, cls_logits, box_reg, ctr_logits, pss_logits = self.predict(batch)
         boxes, scores, classes = self.detect(locations, cls_logits, box_reg, ctr_logits, pss_logits)
         height, width = images.shape[-2:]
         limits = boxes.new_tensor([width, height, width, height])

@@ -34,6 +34,11 @@ class FCOSTargets(NamedTuple):
     reg_targets: Tensor
     centerness_targets: Tensor
 
+    @classmethod
+    def stack(cls, per_image: list[FCOSTargets]) -> FCOSTargets:
+        """The targets of N images (same R) stacked field by field: ``[N, R]`` / ``[N, R, 4]``."""
+        return cls(*(torch.stack(field) for field in zip(*per_image)))
+
 
 def fcos_size_ranges(sizes_of_interest: list[float]) -> list[tuple[float, float]]:
     """Per-level ``[low, high)`` ranges of max(l, t, r, b) from the level boundaries.

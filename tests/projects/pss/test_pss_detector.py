@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from assigndet.modeling import build_model
-from assigndet.modeling.meta_arch.fcos import flatten_levels
 from assigndet.projects.pss.detector import top_detections
 from assigndet.utils.testing import random_detection_batch, tiny_dense_detector_cfg
 
@@ -104,8 +103,7 @@ def test_end_to_end_inference_is_the_top_scored_pairs_without_nms():
     with torch.no_grad():
         outputs = model(batch)
         images = model.preprocess_image(batch)
-        locations, cls_logits, box_reg, ctr_logits, feats = model.predict(images)
-        pss = flatten_levels(model.pss_head(feats))[..., 0]
+        locations, cls_logits, box_reg, ctr_logits, pss = model.predict(images)
         expected = pss.sigmoid()[..., None] * cls_logits.sigmoid() * ctr_logits.sigmoid()[..., None]
     for i, out in enumerate(outputs):
         inst = out["instances"]
