@@ -10,8 +10,23 @@ A few batches are loaded once and reused, so the numbers are the model's (forwar
 optimizer step for training; forward for inference), not the data loader's. Every run times
 ``--num-iter`` iterations (or images) after ``--warmup`` untimed ones; the table gives the median
 and the spread (min-max) over ``--runs`` runs. Peak memory is ``torch.cuda.max_memory_allocated``
-on CUDA, and the peak resident set size of the process on CPU. Weights stay at their
-initialization (MODEL.WEIGHTS is not loaded): speed does not depend on them.
+on CUDA, and the peak resident set size of the process on CPU.
+
+Inference of the dense detectors is also split into the network (preprocessing, backbone,
+heads) and the post-processing (thresholds, top-k, decoding, NMS or the NMS-free selection),
+each timed on its own (``assigndet.evaluation.timing``).
+
+Weights stay at their initialization (MODEL.WEIGHTS is not loaded). The network's speed does not
+depend on them, but the post-processing's does: an untrained FCOS passes almost no candidate
+through its 0.05 score threshold. ``MODEL.FCOS.INFERENCE_TH_TEST 0`` gives NMS its worst case
+instead (the top 1000 candidates of every level).
+
+``--baseline-config-file`` benchmarks a second config first, with the same options, and prints
+the ratio of every median, e.g. the PSS branch's cost and the post-processing it saves:
+
+    python tools/benchmark.py --task eval --config-file configs/fcos_pss_r50_3x.yaml \
+        --baseline-config-file configs/fcos_r50_1x.yaml MODEL.DEVICE cpu \
+        DATASETS.TEST "('shapes_val',)" MODEL.FCOS.INFERENCE_TH_TEST 0
 """
 
 from __future__ import annotations
@@ -49,6 +64,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--num-batches", type=int, default=8,
                         help="batches loaded once and cycled through")
+    parser.add_argument("--baseline-config-file", default="", metavar="FILE",
+                        help="also benchmark this config first (same options and overrides) "
+                             "and print the model / baseline ratio of every median")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides as KEY VALUE pairs")
     return parser
@@ -102,25 +120,22 @@ def benchmark_eval(cfg, args) -> tuple[dict[str, list[float]], float]:
     return times, peak_memory_mb()
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = get_parser().parse_args(argv)
-    for name in ("runs", "num_iter", "num_batches"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-    setup_logger(name="assigndet")
-    logging.getLogger("assigndet").setLevel(logging.WARNING)  # keep the table readable
-    cfg = load_config(args.config_file, args.opts)
+def _summary(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    return {
+        name: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": len(v)}
+        for name, v in times.items()
+    }
+
+
+def benchmark_config(config_file: str, args) -> dict:
+    """Timings of one config as ``{metric: {median, min, max, runs}, "peak_memory_mb": ...}``,
+    printed as a table. The overrides ``args.opts`` apply."""
+    cfg = load_config(config_file, args.opts)
     if args.task == "train":
         per_iter, peak = benchmark_train(cfg, args)
         times = {"train": per_iter}
     else:
         times, peak = benchmark_eval(cfg, args)
-    result = {
-        name: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": len(v)}
-        for name, v in times.items()
-    }
-    result["task"] = args.task
-    result["peak_memory_mb"] = peak
     device = cfg.MODEL.DEVICE
     amp = f"{cfg.SOLVER.AMP.PRECISION}" if cfg.SOLVER.AMP.ENABLED else "off"
     batch = cfg.SOLVER.IMS_PER_BATCH if args.task == "train" else 1
@@ -133,8 +148,37 @@ def main(argv: list[str] | None = None) -> dict:
     table[0].append(f"{peak:.0f} MiB ({memory})")
     print(tabulate(table, headers=["metric", "median", "spread (min - max)", "runs",
                                    "peak memory"], tablefmt="pipe"))
-    print(f"config: {args.config_file}  device: {device}  AMP: {amp}  images per iteration: "
+    print(f"config: {config_file}  model: "
+          f"{cfg.MODEL.META_ARCHITECTURE}  device: {device}  AMP: {amp}  images per iteration: "
           f"{batch}  iterations per run: {args.num_iter}  threads: {torch.get_num_threads()}")
+    result = _summary(times)
+    result["peak_memory_mb"] = peak
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_parser().parse_args(argv)
+    for name in ("runs", "num_iter", "num_batches"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    setup_logger(name="assigndet")
+    logging.getLogger("assigndet").setLevel(logging.WARNING)  # keep the table readable
+    baseline = None
+    if args.baseline_config_file:
+        print(f"baseline: {args.baseline_config_file}")
+        baseline = benchmark_config(args.baseline_config_file, args)
+        print(f"\nmodel: {args.config_file}")
+    result = benchmark_config(args.config_file, args)
+    result["task"] = args.task
+    if baseline is not None:
+        shared = [k for k in result if k in baseline and isinstance(result[k], dict)]
+        result["baseline"] = baseline
+        result["ratio"] = {k: result[k]["median"] / baseline[k]["median"] for k in shared}
+        table = [[k, f"{baseline[k]['median']:.4f}", f"{result[k]['median']:.4f}",
+                  f"{result['ratio'][k]:.3f}"] for k in shared]
+        print("\n" + tabulate(table, headers=["median", "baseline", "model", "model / baseline"],
+                               tablefmt="pipe"))
+        print("(on CPU the peak memory is the process's peak RSS, so the model's covers both)")
     return result
 
 

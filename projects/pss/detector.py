@@ -167,20 +167,32 @@ class PSSMixin:
 
     def forward(self, batched_inputs: list[dict[str, Any]]):
         images = self.preprocess_image(batched_inputs)
-        locations, cls_logits, box_reg, ctr_logits, pss_logits = self.predict(images)
-        if self.training:
-            gt_instances = self.gt_instances(batched_inputs)
-            targets = self.label_locations(locations, gt_instances)
-            losses = {}
-            if not self.train_only_pss:
-                losses.update(self.losses(cls_logits, box_reg, ctr_logits, targets))
-            losses.update(
-                self.pss_losses(
-                    locations, cls_logits, box_reg, ctr_logits, pss_logits, targets.matched_idxs,
-                    gt_instances,
-                )
+        predictions = self.predict(images)
+        if not self.training:
+            return self.postprocess_predictions(predictions, images, batched_inputs)
+        locations, cls_logits, box_reg, ctr_logits, pss_logits = predictions
+        gt_instances = self.gt_instances(batched_inputs)
+        targets = self.label_locations(locations, gt_instances)
+        losses = {}
+        if not self.train_only_pss:
+            losses.update(self.losses(cls_logits, box_reg, ctr_logits, targets))
+        losses.update(
+            self.pss_losses(
+                locations, cls_logits, box_reg, ctr_logits, pss_logits, targets.matched_idxs,
+                gt_instances,
             )
-            return losses
+        )
+        return losses
+
+    def postprocess_predictions(
+        self,
+        predictions: tuple[list[Tensor], Tensor, Tensor, Tensor, Tensor],
+        images: ImageList,
+        batched_inputs: list[dict[str, Any]],
+    ) -> list[dict[str, Instances]]:
+        """End-to-end top detections by P (no NMS), or with ``MODEL.PSS.USE_NMS`` the base
+        detector's NMS inference with the PSS logits ignored; then rescaled to output size."""
+        locations, cls_logits, box_reg, ctr_logits, pss_logits = predictions
         if self.use_nms:
             results = self.inference(locations, cls_logits, box_reg, ctr_logits, images)
         else:

@@ -106,3 +106,16 @@ def test_benchmark_train_and_eval(trained, capsys):
     result = bench.main(common + ["--task", "eval"])
     assert result["task"] == "eval" and result["total"]["median"] > 0
     assert "s / image (total)" in capsys.readouterr().out
+
+
+def test_benchmark_against_a_baseline(trained, capsys):
+    _, config, _ = trained
+    result = _tool("benchmark").main(
+        ["--config-file", config, "--baseline-config-file", config, "--task", "eval",
+         "--runs", "2", "--num-iter", "2", "--warmup", "1", "--num-batches", "2"]
+    )
+    assert set(result["ratio"]) == {"total"}  # the toy detector has no network / post split
+    for name, ratio in result["ratio"].items():
+        expected = result[name]["median"] / result["baseline"][name]["median"]
+        assert ratio == pytest.approx(expected) and ratio > 0
+    assert "model / baseline" in capsys.readouterr().out

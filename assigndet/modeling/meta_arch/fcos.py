@@ -210,12 +210,12 @@ class FCOS(nn.Module):
 
     def forward(self, batched_inputs: list[dict[str, Any]]):
         images = self.preprocess_image(batched_inputs)
-        locations, cls_logits, box_reg, ctr_logits, _ = self.predict(images)
+        predictions = self.predict(images)
         if self.training:
+            locations, cls_logits, box_reg, ctr_logits, _ = predictions
             targets = self.label_locations(locations, self.gt_instances(batched_inputs))
             return self.losses(cls_logits, box_reg, ctr_logits, targets)
-        results = self.inference(locations, cls_logits, box_reg, ctr_logits, images)
-        return self.postprocess(results, batched_inputs, images)
+        return self.postprocess_predictions(predictions, images, batched_inputs)
 
     def predict(
         self, images: ImageList
@@ -244,6 +244,18 @@ class FCOS(nn.Module):
         if missing:
             raise KeyError(f"{type(self).__name__} training inputs {missing} have no 'instances'")
         return [x["instances"].to(self.device) for x in batched_inputs]
+
+    def postprocess_predictions(
+        self,
+        predictions: tuple[list[Tensor], Tensor, Tensor, Tensor, Any],
+        images: ImageList,
+        batched_inputs: list[dict[str, Any]],
+    ) -> list[dict[str, Instances]]:
+        """Everything inference does after the network: :meth:`inference` (threshold, top-k,
+        decoding, NMS) on the output of :meth:`predict`, then :meth:`postprocess`."""
+        locations, cls_logits, box_reg, ctr_logits, _ = predictions
+        results = self.inference(locations, cls_logits, box_reg, ctr_logits, images)
+        return self.postprocess(results, batched_inputs, images)
 
     @staticmethod
     def postprocess(
