@@ -31,5 +31,4 @@ def add_pss_config(cfg: CfgNode) -> None:
     cfg.MODEL.PSS.RANK_NUM_NEGATIVES = 100  # hardest negative locations per image in the ranking
     cfg.MODEL.PSS.USE_NMS = False  # test in one-to-many mode: base detector + NMS, no PSS
     cfg.MODEL.PSS.SCORE_THRESH_TEST = 0.0  # minimum P kept at test time (end-to-end mode)
-    cfg.MODEL.PSS.PRE_TOPK_TEST = 1000  # (location, class) pairs kept per level before the top-k
     cfg.MODEL.PSS.TRAIN_ONLY_PSS = False  # two-step training: freeze all but the PSS branch

@@ -1,0 +1,93 @@
+"""CenterNet*: the one-stage CenterNet detector of the CenterNet2 paper (``CenterNetDetector``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from assigndet.config import CfgNode
+from assigndet.modeling import META_ARCH_REGISTRY, build_backbone
+from assigndet.modeling.postprocessing import detector_postprocess
+from assigndet.modeling.proposal_generator import build_proposal_generator
+from assigndet.structures import ImageList, Instances
+
+__all__ = ["CenterNetDetector"]
+
+
+@META_ARCH_REGISTRY.register()
+class CenterNetDetector(nn.Module):
+    """Backbone + a CenterNet proposal generator used as a one-stage detector.
+
+    ``MODEL.PROPOSAL_GENERATOR.NAME`` must be "CenterNet" with ``MODEL.CENTERNET.ONLY_PROPOSAL``
+    off. Training returns the CenterNet losses; inference returns
+    ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]`` rescaled to each input's
+    "height"/"width" (clipped, empty boxes dropped). ``pixel_mean`` / ``pixel_std`` are
+    persistent buffers, as in the official class, so its checkpoints carry them.
+    """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        super().__init__()
+        if cfg.MODEL.PROPOSAL_GENERATOR.NAME != "CenterNet":
+            raise ValueError(
+                "CenterNetDetector runs the CenterNet head: set MODEL.PROPOSAL_GENERATOR.NAME to "
+                f"'CenterNet' (got {cfg.MODEL.PROPOSAL_GENERATOR.NAME!r})"
+            )
+        if cfg.MODEL.CENTERNET.ONLY_PROPOSAL:
+            raise ValueError(
+                "CenterNetDetector needs class outputs: MODEL.CENTERNET.ONLY_PROPOSAL must be "
+                "False (it is the first stage of a two-stage model)"
+            )
+        if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
+            raise ValueError(
+                f"MODEL.PIXEL_MEAN {list(cfg.MODEL.PIXEL_MEAN)} and MODEL.PIXEL_STD "
+                f"{list(cfg.MODEL.PIXEL_STD)} must have the same length"
+            )
+        self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1))
+        self.backbone = build_backbone(cfg)
+        self.proposal_generator = build_proposal_generator(cfg, self.backbone.output_shape())
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def forward(self, batched_inputs: list[dict[str, Any]]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
+        if missing:
+            raise KeyError(f"CenterNetDetector training inputs {missing} have no 'instances'")
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        _, losses = self.proposal_generator(images, features, gt_instances)
+        return losses
+
+    @torch.no_grad()
+    def inference(
+        self, batched_inputs: list[dict[str, Any]], do_postprocess: bool = True
+    ) -> list[dict[str, Instances]] | list[Instances]:
+        """Detections of each input: at its output size in ``{"instances": ...}`` dicts, or the
+        raw per-image ``Instances`` at input size when ``do_postprocess`` is False."""
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        results, _ = self.proposal_generator(images, features, None)
+        if not do_postprocess:
+            return results
+        processed = []
+        for result, x, image_size in zip(results, batched_inputs, images.image_sizes):
+            height = x.get("height", image_size[0])
+            width = x.get("width", image_size[1])
+            processed.append({"instances": detector_postprocess(result, height, width)})
+        return processed
+
+    def preprocess_image(self, batched_inputs: list[dict[str, Any]]) -> ImageList:
+        """Normalise the images and pad them into one batch (multiples of size_divisibility)."""
+        images = []
+        for i, x in enumerate(batched_inputs):
+            if "image" not in x:
+                raise KeyError(f"CenterNetDetector input {i} has no 'image'; it has {sorted(x)}")
+            images.append((x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(images, self.backbone.size_divisibility)
