@@ -8,12 +8,13 @@ from .backbone import (
     build_backbone,
     build_resnet_backbone,
 )
-from .meta_arch import FCOS, META_ARCH_REGISTRY, build_model
+from .meta_arch import FCOS, META_ARCH_REGISTRY, GeneralizedRCNN, build_model
 
 __all__ = [
     "BACKBONE_REGISTRY",
     "FCOS",
     "FPN",
+    "GeneralizedRCNN",
     "META_ARCH_REGISTRY",
     "Backbone",
     "ResNet",

@@ -2,5 +2,6 @@
 
 from .build import META_ARCH_REGISTRY, build_model
 from .fcos import FCOS
+from .rcnn import GeneralizedRCNN
 
-__all__ = ["FCOS", "META_ARCH_REGISTRY", "build_model"]
+__all__ = ["FCOS", "META_ARCH_REGISTRY", "GeneralizedRCNN", "build_model"]

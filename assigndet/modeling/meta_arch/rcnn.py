@@ -1,0 +1,179 @@
+"""``GeneralizedRCNN``: backbone + proposal generator + RoI heads (detectron2's two-stage model).
+
+State-dict keys: ``backbone.*``, ``proposal_generator.*``, ``roi_heads.*``. ``pixel_mean`` and
+``pixel_std`` are non-persistent buffers, so they are not saved (the checkpointer ignores them in
+older checkpoints that have them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...config import CfgNode, configurable
+from ...structures import ImageList, Instances
+from ..backbone import Backbone, build_backbone
+from ..postprocessing import detector_postprocess
+from ..proposal_generator import build_proposal_generator
+from ..roi_heads import build_roi_heads
+from .build import META_ARCH_REGISTRY
+
+__all__ = ["GeneralizedRCNN"]
+
+
+@META_ARCH_REGISTRY.register()
+class GeneralizedRCNN(nn.Module):
+    """Two-stage detector (``MODEL.META_ARCHITECTURE: "GeneralizedRCNN"``).
+
+    ``forward(batched_inputs)`` takes detectron2's list of dicts: ``"image"`` (uint8
+    ``[C, H, W]`` in INPUT.FORMAT), ``"instances"`` (training: ``gt_boxes`` ``[G, 4]``,
+    ``gt_classes`` ``[G]``), optional ``"height"``/``"width"`` (output size) and, without a
+    proposal generator (MODEL.PROPOSAL_GENERATOR.NAME "PrecomputedProposals"), ``"proposals"``
+    (``Instances`` with ``proposal_boxes`` and ``objectness_logits``). Training returns the
+    proposal generator's and the RoI heads' losses in one dict; inference returns
+    ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]`` at the output size.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        proposal_generator: nn.Module | None,
+        roi_heads: nn.Module,
+        pixel_mean: list[float],
+        pixel_std: list[float],
+        input_format: str | None = None,
+    ) -> None:
+        """
+        Args:
+            backbone: gives the feature maps.
+            proposal_generator: ``(images, features, gt_instances)`` -> ``(proposals, losses)``;
+                None reads ``"proposals"`` from the inputs.
+            roi_heads: ``(images, features, proposals, targets)`` -> ``(results, losses)``.
+            pixel_mean, pixel_std: per-channel normalisation (x - mean) / std.
+            input_format: channel order of the input images ("BGR" or "RGB"), informative.
+        """
+        super().__init__()
+        if len(pixel_mean) != len(pixel_std):
+            raise ValueError(
+                f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} "
+                "must have the same length"
+            )
+        self.backbone = backbone
+        self.proposal_generator = proposal_generator
+        self.roi_heads = roi_heads
+        self.input_format = input_format
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        return {
+            "backbone": backbone,
+            "proposal_generator": build_proposal_generator(cfg, shapes),
+            "roi_heads": build_roi_heads(cfg, shapes),
+            "input_format": cfg.INPUT.FORMAT,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def forward(self, batched_inputs: list[dict[str, Any]]):
+        """Losses in training (``dict[str, Tensor]``), detections in eval mode."""
+        if not self.training:
+            return self.inference(batched_inputs)
+        images = self.preprocess_image(batched_inputs)
+        missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
+        if missing:
+            raise KeyError(
+                f"{type(self).__name__} training inputs {missing} have no 'instances' (the "
+                "ground truth); training needs them in every input dict"
+            )
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        features = self.backbone(images.tensor)
+        proposals, proposal_losses = self._proposals(batched_inputs, images, features, gt_instances)
+        _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
+        losses = {}
+        losses.update(detector_losses)
+        losses.update(proposal_losses)
+        return losses
+
+    def inference(
+        self,
+        batched_inputs: list[dict[str, Any]],
+        detected_instances: list[Instances] | None = None,
+        do_postprocess: bool = True,
+    ) -> list[dict[str, Instances]] | list[Instances]:
+        """Detections of every image.
+
+        Args:
+            batched_inputs: as in ``forward``.
+            detected_instances: per image, known boxes to run only the non-box branches on
+                (``roi_heads.forward_with_given_boxes``) instead of detecting.
+            do_postprocess: rescale to each input's ``"height"``/``"width"`` and wrap as
+                ``{"instances": ...}``; otherwise return the ``Instances`` at the input size.
+        """
+        if self.training:
+            raise RuntimeError("GeneralizedRCNN.inference needs eval mode (call model.eval())")
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        if detected_instances is None:
+            proposals, _ = self._proposals(batched_inputs, images, features, None)
+            results, _ = self.roi_heads(images, features, proposals, None)
+        else:
+            detected_instances = [x.to(self.device) for x in detected_instances]
+            results = self.roi_heads.forward_with_given_boxes(features, detected_instances)
+        if do_postprocess:
+            return self._postprocess(results, batched_inputs, images.image_sizes)
+        return results
+
+    def _proposals(
+        self,
+        batched_inputs: list[dict[str, Any]],
+        images: ImageList,
+        features: dict[str, torch.Tensor],
+        gt_instances: list[Instances] | None,
+    ) -> tuple[list[Instances], dict[str, torch.Tensor]]:
+        """The first stage's proposals (and losses in training), or precomputed ones."""
+        if self.proposal_generator is not None:
+            return self.proposal_generator(images, features, gt_instances)
+        missing = [i for i, x in enumerate(batched_inputs) if "proposals" not in x]
+        if missing:
+            raise KeyError(
+                f"{type(self).__name__} has no proposal generator, so its inputs need "
+                f"'proposals'; inputs {missing} have none"
+            )
+        return [x["proposals"].to(self.device) for x in batched_inputs], {}
+
+    def preprocess_image(self, batched_inputs: list[dict[str, Any]]) -> ImageList:
+        """Normalise the images and pad them into one batch (multiples of size_divisibility)."""
+        images = []
+        for i, x in enumerate(batched_inputs):
+            if "image" not in x:
+                raise KeyError(
+                    f"{type(self).__name__} input {i} has no 'image'; it has {sorted(x)}"
+                )
+            images.append((x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+
+    @staticmethod
+    def _postprocess(
+        instances: list[Instances],
+        batched_inputs: list[dict[str, Any]],
+        image_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Instances]]:
+        """Rescale each image's detections to its requested output size (height/width)."""
+        processed = []
+        for results, x, image_size in zip(instances, batched_inputs, image_sizes):
+            height = x.get("height", image_size[0])
+            width = x.get("width", image_size[1])
+            processed.append({"instances": detector_postprocess(results, height, width)})
+        return processed
