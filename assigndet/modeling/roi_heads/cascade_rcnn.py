@@ -51,7 +51,8 @@ class CascadeROIHeads(StandardROIHeads):
     proposals, targets=None)``, ``_run_stage(features, proposals, stage)``,
     ``_match_and_label_boxes(proposals, stage, targets)``, ``_create_proposals_from_boxes(boxes,
     image_sizes)``; plus ``_build_box_predictor(cfg, input_shape, box2box_transform)``, which
-    builds one stage's predictor.
+    builds one stage's predictor, and ``combine_stage_scores``, which turns the stages'
+    probabilities into the test-time scores.
     """
 
     @configurable
@@ -200,9 +201,7 @@ class CascadeROIHeads(StandardROIHeads):
             return losses
 
         scores_per_stage = [h[0].predict_probs(h[1], h[2]) for h in head_outputs]
-        scores = [
-            sum(per_image) * (1.0 / self.num_cascade_stages) for per_image in zip(*scores_per_stage)
-        ]
+        scores = self.combine_stage_scores(scores_per_stage, head_outputs[0][2])
         predictor, predictions, last_proposals = head_outputs[-1]
         boxes = predictor.predict_boxes(predictions, last_proposals)
         pred_instances, _ = fast_rcnn_inference(
@@ -214,6 +213,14 @@ class CascadeROIHeads(StandardROIHeads):
             predictor.test_topk_per_image,
         )
         return pred_instances
+
+    def combine_stage_scores(
+        self, scores_per_stage: list[list[Tensor]], proposals: list[Instances]
+    ) -> list[Tensor]:
+        """Test-time class probabilities per image: the mean over stages of each stage's
+        ``[R_i, K + 1]`` probabilities (rows aligned with the first stage's ``proposals``)."""
+        del proposals
+        return [sum(per_image) / self.num_cascade_stages for per_image in zip(*scores_per_stage)]
 
     @torch.no_grad()
     def _match_and_label_boxes(
