@@ -18,7 +18,7 @@ each timed on its own (``assigndet.evaluation.timing``).
 
 Weights stay at their initialization (MODEL.WEIGHTS is not loaded). The network's speed does not
 depend on them, but the post-processing's does: an untrained FCOS passes almost no candidate
-through its 0.05 score threshold. ``MODEL.FCOS.INFERENCE_TH_TEST 0`` gives NMS its worst case
+through its 0.05 score threshold. ``MODEL.FCOS.INFERENCE_TH_TEST 0.0`` gives NMS its worst case
 instead (the top 1000 candidates of every level).
 
 ``--baseline-config-file`` benchmarks a second config first, with the same options, and prints
@@ -26,7 +26,7 @@ the ratio of every median, e.g. the PSS branch's cost and the post-processing it
 
     python tools/benchmark.py --task eval --config-file configs/fcos_pss_r50_3x.yaml \
         --baseline-config-file configs/fcos_r50_1x.yaml MODEL.DEVICE cpu \
-        DATASETS.TEST "('shapes_val',)" MODEL.FCOS.INFERENCE_TH_TEST 0
+        DATASETS.TEST "('shapes_val',)" MODEL.FCOS.INFERENCE_TH_TEST 0.0
 """
 
 from __future__ import annotations
