@@ -19,7 +19,7 @@ from torch.autograd.function import Function
 
 from ...config import CfgNode, configurable
 from ...layers import ShapeSpec
-from ...structures import ImageList, Instances, clip_boxes_, nonempty_boxes
+from ...structures import Instances, clip_boxes_, nonempty_boxes
 from ..box_regression import Box2BoxTransform
 from ..matcher import Matcher
 from ..poolers import ROIPooler
@@ -148,22 +148,6 @@ class CascadeROIHeads(StandardROIHeads):
         args = FastRCNNOutputLayers.from_config(cfg, input_shape)
         args["box2box_transform"] = box2box_transform
         return FastRCNNOutputLayers(**args)
-
-    def forward(
-        self,
-        images: ImageList,
-        features: dict[str, Tensor],
-        proposals: list[Instances],
-        targets: list[Instances] | None = None,
-    ) -> tuple[list[Instances], dict[str, Tensor]]:
-        del images
-        if self.training:
-            if targets is None:
-                raise ValueError(f"{type(self).__name__} needs targets in training")
-            proposals = self.label_and_sample_proposals(proposals, targets)
-            return proposals, self._forward_box(features, proposals, targets)
-        pred_instances = self._forward_box(features, proposals)
-        return self.forward_with_given_boxes(features, pred_instances), {}
 
     def _forward_box(
         self,

@@ -319,7 +319,7 @@ class StandardROIHeads(ROIHeads):
             if targets is None:
                 raise ValueError(f"{type(self).__name__} needs targets in training")
             proposals = self.label_and_sample_proposals(proposals, targets)
-            return proposals, self._forward_box(features, proposals)
+            return proposals, self._forward_box(features, proposals, targets)
         pred_instances = self._forward_box(features, proposals)
         return self.forward_with_given_boxes(features, pred_instances), {}
 
@@ -333,9 +333,15 @@ class StandardROIHeads(ROIHeads):
         return instances
 
     def _forward_box(
-        self, features: dict[str, Tensor], proposals: list[Instances]
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Instances],
+        targets: list[Instances] | None = None,
     ) -> dict[str, Tensor] | list[Instances]:
-        """Losses ``{"loss_cls", "loss_box_reg"}`` in training, detections at test time."""
+        """Losses ``{"loss_cls", "loss_box_reg"}`` in training (``proposals`` already sampled
+        and labelled, so ``targets`` is unused here; multi-stage heads re-match with it),
+        detections at test time."""
+        del targets
         box_features = self.box_pooler(
             [features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals]
         )
