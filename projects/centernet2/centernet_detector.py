@@ -9,7 +9,7 @@ from torch import nn
 
 from assigndet.config import CfgNode
 from assigndet.modeling import META_ARCH_REGISTRY, build_backbone
-from assigndet.modeling.postprocessing import detector_postprocess
+from assigndet.modeling.meta_arch import model_io
 from assigndet.modeling.proposal_generator import build_proposal_generator
 from assigndet.structures import ImageList, Instances
 
@@ -58,10 +58,7 @@ class CenterNetDetector(nn.Module):
             return self.inference(batched_inputs)
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
-        missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
-        if missing:
-            raise KeyError(f"CenterNetDetector training inputs {missing} have no 'instances'")
-        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        gt_instances = model_io.gt_instances(batched_inputs, self.device, type(self).__name__)
         _, losses = self.proposal_generator(images, features, gt_instances)
         return losses
 
@@ -76,18 +73,14 @@ class CenterNetDetector(nn.Module):
         results, _ = self.proposal_generator(images, features, None)
         if not do_postprocess:
             return results
-        processed = []
-        for result, x, image_size in zip(results, batched_inputs, images.image_sizes):
-            height = x.get("height", image_size[0])
-            width = x.get("width", image_size[1])
-            processed.append({"instances": detector_postprocess(result, height, width)})
-        return processed
+        return model_io.rescale_detections(results, batched_inputs, images.image_sizes)
 
     def preprocess_image(self, batched_inputs: list[dict[str, Any]]) -> ImageList:
         """Normalise the images and pad them into one batch (multiples of size_divisibility)."""
-        images = []
-        for i, x in enumerate(batched_inputs):
-            if "image" not in x:
-                raise KeyError(f"CenterNetDetector input {i} has no 'image'; it has {sorted(x)}")
-            images.append((x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std)
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        return model_io.batch_images(
+            batched_inputs,
+            self.pixel_mean,
+            self.pixel_std,
+            self.backbone.size_divisibility,
+            type(self).__name__,
+        )

@@ -22,7 +22,7 @@ from ..backbone import Backbone, build_backbone
 from ..box_ops import ltrb_to_boxes
 from ..heads.fcos_head import FCOSHead
 from ..losses.fcos import fcos_losses
-from ..postprocessing import detector_postprocess
+from . import model_io
 from .build import META_ARCH_REGISTRY
 
 __all__ = ["FCOS", "compute_locations", "flatten_levels"]
@@ -201,12 +201,13 @@ class FCOS(nn.Module):
 
     def preprocess_image(self, batched_inputs: list[dict[str, Any]]) -> ImageList:
         """Normalise the images and pad them into one batch (multiples of size_divisibility)."""
-        images = []
-        for i, x in enumerate(batched_inputs):
-            if "image" not in x:
-                raise KeyError(f"FCOS input {i} has no 'image'; it has {sorted(x)}")
-            images.append((x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std)
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        return model_io.batch_images(
+            batched_inputs,
+            self.pixel_mean,
+            self.pixel_std,
+            self.backbone.size_divisibility,
+            type(self).__name__,
+        )
 
     def forward(self, batched_inputs: list[dict[str, Any]]):
         images = self.preprocess_image(batched_inputs)
@@ -240,10 +241,7 @@ class FCOS(nn.Module):
 
     def gt_instances(self, batched_inputs: list[dict[str, Any]]) -> list[Instances]:
         """The training inputs' ``instances`` on the model's device."""
-        missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
-        if missing:
-            raise KeyError(f"{type(self).__name__} training inputs {missing} have no 'instances'")
-        return [x["instances"].to(self.device) for x in batched_inputs]
+        return model_io.gt_instances(batched_inputs, self.device, type(self).__name__)
 
     def postprocess_predictions(
         self,
@@ -262,12 +260,7 @@ class FCOS(nn.Module):
         results: list[Instances], batched_inputs: list[dict[str, Any]], images: ImageList
     ) -> list[dict[str, Instances]]:
         """Rescale each image's detections to its requested output size (height/width)."""
-        processed = []
-        for result, x, image_size in zip(results, batched_inputs, images.image_sizes):
-            height = x.get("height", image_size[0])
-            width = x.get("width", image_size[1])
-            processed.append({"instances": detector_postprocess(result, height, width)})
-        return processed
+        return model_io.rescale_detections(results, batched_inputs, images.image_sizes)
 
     def _per_location(self, locations: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Concatenated ``[R, 2]`` locations, ``[R]`` strides and ``[R, 2]`` size ranges."""

@@ -15,9 +15,9 @@ from torch import nn
 from ...config import CfgNode, configurable
 from ...structures import ImageList, Instances
 from ..backbone import Backbone, build_backbone
-from ..postprocessing import detector_postprocess
 from ..proposal_generator import build_proposal_generator
 from ..roi_heads import build_roi_heads
+from . import model_io
 from .build import META_ARCH_REGISTRY
 
 __all__ = ["GeneralizedRCNN"]
@@ -91,13 +91,7 @@ class GeneralizedRCNN(nn.Module):
         if not self.training:
             return self.inference(batched_inputs)
         images = self.preprocess_image(batched_inputs)
-        missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
-        if missing:
-            raise KeyError(
-                f"{type(self).__name__} training inputs {missing} have no 'instances' (the "
-                "ground truth); training needs them in every input dict"
-            )
-        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        gt_instances = model_io.gt_instances(batched_inputs, self.device, type(self).__name__)
         features = self.backbone(images.tensor)
         proposals, proposal_losses = self._proposals(batched_inputs, images, features, gt_instances)
         _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
@@ -155,14 +149,13 @@ class GeneralizedRCNN(nn.Module):
 
     def preprocess_image(self, batched_inputs: list[dict[str, Any]]) -> ImageList:
         """Normalise the images and pad them into one batch (multiples of size_divisibility)."""
-        images = []
-        for i, x in enumerate(batched_inputs):
-            if "image" not in x:
-                raise KeyError(
-                    f"{type(self).__name__} input {i} has no 'image'; it has {sorted(x)}"
-                )
-            images.append((x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std)
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        return model_io.batch_images(
+            batched_inputs,
+            self.pixel_mean,
+            self.pixel_std,
+            self.backbone.size_divisibility,
+            type(self).__name__,
+        )
 
     @staticmethod
     def _postprocess(
@@ -171,9 +164,4 @@ class GeneralizedRCNN(nn.Module):
         image_sizes: list[tuple[int, int]],
     ) -> list[dict[str, Instances]]:
         """Rescale each image's detections to its requested output size (height/width)."""
-        processed = []
-        for results, x, image_size in zip(instances, batched_inputs, image_sizes):
-            height = x.get("height", image_size[0])
-            width = x.get("width", image_size[1])
-            processed.append({"instances": detector_postprocess(results, height, width)})
-        return processed
+        return model_io.rescale_detections(instances, batched_inputs, image_sizes)
