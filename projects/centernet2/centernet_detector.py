@@ -39,13 +39,10 @@ class CenterNetDetector(nn.Module):
                 "CenterNetDetector needs class outputs: MODEL.CENTERNET.ONLY_PROPOSAL must be "
                 "False (it is the first stage of a two-stage model)"
             )
-        if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
-            raise ValueError(
-                f"MODEL.PIXEL_MEAN {list(cfg.MODEL.PIXEL_MEAN)} and MODEL.PIXEL_STD "
-                f"{list(cfg.MODEL.PIXEL_STD)} must have the same length"
-            )
-        self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1))
-        self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1))
+        # persistent: the official CenterNetDetector's checkpoints hold them
+        model_io.register_pixel_statistics(
+            self, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, persistent=True
+        )
         self.backbone = build_backbone(cfg)
         self.proposal_generator = build_proposal_generator(cfg, self.backbone.output_shape())
 

@@ -127,11 +127,6 @@ class FCOS(nn.Module):
                 f"MODEL.FCOS.SIZES_OF_INTEREST {list(sizes_of_interest)} must have one boundary "
                 f"fewer than MODEL.FCOS.IN_FEATURES {list(in_features)}"
             )
-        if len(pixel_mean) != len(pixel_std):
-            raise ValueError(
-                f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} "
-                "must have the same length"
-            )
         if getattr(head, "norm_reg_targets", norm_reg_targets) != norm_reg_targets:
             raise ValueError(
                 f"the FCOS head was built with norm_reg_targets={head.norm_reg_targets} but the "
@@ -153,8 +148,7 @@ class FCOS(nn.Module):
         self.pre_nms_topk = pre_nms_topk
         self.nms_threshold = nms_threshold
         self.max_detections_per_image = max_detections_per_image
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        model_io.register_pixel_statistics(self, pixel_mean, pixel_std)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:

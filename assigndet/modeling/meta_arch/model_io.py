@@ -1,17 +1,32 @@
-"""The detectron2 model I/O shared by the meta-architectures: input dicts to a normalised,
-padded batch; the ground truth of training inputs; detections rescaled to each output size."""
+"""The detectron2 model I/O shared by the meta-architectures: the pixel statistics, input dicts
+to a normalised, padded batch; the ground truth of training inputs; detections rescaled to each
+output size."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ...structures import ImageList, Instances
 from ..postprocessing import detector_postprocess
 
-__all__ = ["batch_images", "gt_instances", "rescale_detections"]
+__all__ = ["batch_images", "gt_instances", "register_pixel_statistics", "rescale_detections"]
+
+
+def register_pixel_statistics(
+    module: nn.Module, pixel_mean: list[float], pixel_std: list[float], persistent: bool = False
+) -> None:
+    """Register ``pixel_mean`` and ``pixel_std`` (MODEL.PIXEL_MEAN / PIXEL_STD) on ``module`` as
+    ``[C, 1, 1]`` buffers; ``persistent`` puts them in the state dict."""
+    if len(pixel_mean) != len(pixel_std):
+        raise ValueError(
+            f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} "
+            "must have the same length"
+        )
+    module.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent)
+    module.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent)
 
 
 def batch_images(

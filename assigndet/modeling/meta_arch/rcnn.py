@@ -57,17 +57,11 @@ class GeneralizedRCNN(nn.Module):
             input_format: channel order of the input images ("BGR" or "RGB"), informative.
         """
         super().__init__()
-        if len(pixel_mean) != len(pixel_std):
-            raise ValueError(
-                f"MODEL.PIXEL_MEAN {list(pixel_mean)} and MODEL.PIXEL_STD {list(pixel_std)} "
-                "must have the same length"
-            )
         self.backbone = backbone
         self.proposal_generator = proposal_generator
         self.roi_heads = roi_heads
         self.input_format = input_format
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        model_io.register_pixel_statistics(self, pixel_mean, pixel_std)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
