@@ -177,6 +177,8 @@ _C.INPUT.MASK_FORMAT = "polygon"  # polygon or bitmask (masks unused here)
 _C.INPUT.CROP = CfgNode({"ENABLED": False})  # random crop before resizing
 _C.INPUT.CROP.TYPE = "relative_range"  # relative, relative_range, absolute, absolute_range
 _C.INPUT.CROP.SIZE = [0.9, 0.9]  # crop size, interpreted according to CROP.TYPE
+_C.INPUT.CROP.PROBABILITY = 1.0  # chance that an image goes through the crop branch
+_C.INPUT.CROP.RESIZE_BEFORE = []  # short sides (choice, no cap) resized to before the crop
 
 # ---------------------------------------------------------------------------------------------
 # Datasets
@@ -216,6 +218,8 @@ _C.SOLVER.WEIGHT_DECAY_NORM = 0.0  # weight decay of norm-layer parameters
 _C.SOLVER.WEIGHT_DECAY_BIAS = None  # weight decay of biases; None means WEIGHT_DECAY
 _C.SOLVER.BIAS_LR_FACTOR = 1.0  # learning-rate multiplier of biases
 _C.SOLVER.BACKBONE_MULTIPLIER = 1.0  # learning-rate multiplier of backbone parameters
+_C.SOLVER.LR_MULTIPLIER_NAMES = []  # substrings of parameter names given lr multipliers
+_C.SOLVER.LR_MULTIPLIER_VALUES = []  # lr multiplier per LR_MULTIPLIER_NAMES entry; first match wins
 _C.SOLVER.GAMMA = 0.1  # multiplier at each step of WarmupMultiStepLR
 _C.SOLVER.STEPS = (30000,)  # iterations at which the learning rate is multiplied by GAMMA
 _C.SOLVER.WARMUP_FACTOR = 1.0 / 1000  # learning-rate factor at iteration 0 of the warmup

@@ -10,13 +10,28 @@ import numpy as np
 import torch
 
 from . import detection_utils as utils
-from .transforms import Augmentation, RandomFlip, ResizeShortestEdge, apply_augmentations
+from .transforms import (
+    Augmentation,
+    RandomApply,
+    RandomCrop,
+    RandomFlip,
+    ResizeShortestEdge,
+    apply_augmentations,
+)
 
 logger = logging.getLogger(__name__)
 
 
 def build_augmentation(cfg, is_train: bool) -> list[Augmentation]:
-    """``ResizeShortestEdge`` (+ ``RandomFlip`` in training) from ``cfg.INPUT``."""
+    """The augmentations of ``cfg.INPUT``, in order.
+
+    Test: ``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``. Training: ``ResizeShortestEdge(
+    MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, MIN_SIZE_TRAIN_SAMPLING)`` then ``RandomFlip`` (RANDOM_FLIP),
+    preceded when CROP.ENABLED by the crop branch: ``ResizeShortestEdge(CROP.RESIZE_BEFORE,
+    "choice")`` without a cap on the long side (when RESIZE_BEFORE is not empty) and
+    ``RandomCrop(CROP.TYPE, CROP.SIZE)``, both wrapped in ``RandomApply`` with CROP.PROBABILITY
+    (below 1; at 1 they always run, as in detectron2).
+    """
     if is_train:
         min_size, max_size = cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN
         sample_style = cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
@@ -37,9 +52,30 @@ def build_augmentation(cfg, is_train: bool) -> list[Augmentation]:
             )
         if flip != "none":
             augs.append(RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
-    if cfg.INPUT.CROP.ENABLED:
-        raise NotImplementedError("INPUT.CROP is not supported; set INPUT.CROP.ENABLED False")
+        if cfg.INPUT.CROP.ENABLED:
+            # The crop goes first, the flip stays last (detectron2's order). DETR and DETA flip
+            # before cropping; the distribution is the same, since the crop's offset is uniform
+            # and a flip commutes with a resize.
+            augs[:0] = _build_crop(cfg.INPUT.CROP)
     return augs
+
+
+def _build_crop(crop_cfg) -> list[Augmentation]:
+    prob = crop_cfg.PROBABILITY
+    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
+        raise ValueError(f"INPUT.CROP.PROBABILITY must be a number in [0, 1], got {prob!r}")
+    sizes = crop_cfg.RESIZE_BEFORE
+    if isinstance(sizes, int):
+        sizes = (sizes,)
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        raise ValueError(
+            f"INPUT.CROP.RESIZE_BEFORE must be a list of short-side lengths > 0, got {sizes!r}"
+        )
+    augs: list[Augmentation] = []
+    if sizes:
+        augs.append(ResizeShortestEdge(sizes, sample_style="choice"))  # no long-side cap
+    augs.append(RandomCrop(crop_cfg.TYPE, crop_cfg.SIZE))
+    return augs if prob == 1.0 else [RandomApply(augs, prob)]
 
 
 class DatasetMapper:

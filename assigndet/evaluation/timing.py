@@ -1,11 +1,13 @@
-"""Inference time per image, split into the network and the post-processing.
+"""Inference time per image, in total and split into the model's stages.
 
-Dense detectors of the library (FCOS and the models built on it) run inference in two public
-steps: ``predict(preprocess_image(batch))`` (backbone and every head, the PSS branch included)
-and ``postprocess_predictions(predictions, images, batch)`` (score threshold, top-k, decoding,
-NMS or the NMS-free selection, rescaling). Each step is timed on its own: the network on the
-images, the post-processing on predictions computed once beforehand, so neither figure is a
-difference of two noisy totals. Other models get the full forward's time only.
+A model may describe its inference as a chain of stages with ``inference_stages()``: a list of
+``(name, fn)`` where the first ``fn`` takes the batched inputs, each later one takes the previous
+one's output, and the last one returns what ``model(batched_inputs)`` returns. Each stage is
+timed on its own, on inputs computed once beforehand by the stages before it, so no figure is a
+difference of two noisy totals. For example FCOS has ``network`` (preprocessing, backbone, heads)
+and ``postprocess`` (threshold, top-k, decoding, NMS, rescaling); GeneralizedRCNN has
+``backbone``, ``first_stage``, ``second_stage`` and ``postprocess``. Other models get the full
+forward's time only.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["synchronize_device", "time_inference"]
+__all__ = ["run_inference_stages", "synchronize_device", "time_inference"]
 
 
 def synchronize_device(device: torch.device) -> None:
@@ -28,10 +30,11 @@ def synchronize_device(device: torch.device) -> None:
 
 
 def _seconds_per_image(
-    fn: Callable[[Any], int], items: Sequence[Any], device: torch.device, runs: int, num_iter: int
+    fn: Callable[[Any], Any], items: Sequence[tuple[Any, int]], device: torch.device, runs: int,
+    num_iter: int,
 ) -> list[float]:
-    """``runs`` timings of ``num_iter`` calls of ``fn`` on ``items`` in turn; ``fn`` returns
-    the number of images it processed."""
+    """``runs`` timings of ``num_iter`` calls of ``fn`` on the ``(input, num_images)`` items in
+    turn, per image."""
     data = itertools.cycle(items)
     times = []
     for _ in range(runs):
@@ -39,16 +42,20 @@ def _seconds_per_image(
         start = time.perf_counter()
         num_images = 0
         for _ in range(num_iter):
-            num_images += fn(next(data))
+            item, count = next(data)
+            fn(item)
+            num_images += count
         synchronize_device(device)
         times.append((time.perf_counter() - start) / num_images)
     return times
 
 
-def _has_split_inference(model: nn.Module) -> bool:
-    return all(
-        hasattr(model, name) for name in ("preprocess_image", "predict", "postprocess_predictions")
-    )
+def run_inference_stages(model: nn.Module, batched_inputs: list[dict]) -> Any:
+    """The model's output computed stage by stage through ``model.inference_stages()``."""
+    state: Any = batched_inputs
+    for _, fn in model.inference_stages():
+        state = fn(state)
+    return state
 
 
 def time_inference(
@@ -63,39 +70,26 @@ def time_inference(
     The model must be in eval mode; call it under ``torch.no_grad()`` (and autocast if wanted).
 
     Returns:
-        ``{"total": [...]}`` (the full forward), plus ``"network"`` (preprocessing and
-        ``predict``) and ``"postprocess"`` (``postprocess_predictions`` on cached predictions)
-        for models that have those methods.
+        ``{"total": [...]}`` (the full forward), then one entry per stage of
+        ``model.inference_stages()`` in order, for models that have it.
     """
     device = next(model.parameters()).device
-    data = itertools.cycle(batches)
-    for _ in range(warmup):
-        model(next(data))
-
-    def full(batch: list[dict]) -> int:
+    items = [(batch, len(batch)) for batch in batches]
+    for batch, _ in itertools.islice(itertools.cycle(items), warmup):
         model(batch)
-        return len(batch)
-
-    result = {"total": _seconds_per_image(full, batches, device, runs, num_iter)}
-    if not _has_split_inference(model):
+    result = {"total": _seconds_per_image(model, items, device, runs, num_iter)}
+    if not hasattr(model, "inference_stages"):
         return result
 
-    def network(batch: list[dict]) -> int:
-        model.predict(model.preprocess_image(batch))
-        return len(batch)
-
-    cached = []
-    for batch in batches:
-        images = model.preprocess_image(batch)
-        cached.append((model.predict(images), images, batch))
-
-    def postprocess(item: tuple[Any, Any, list[dict]]) -> int:
-        predictions, images, batch = item
-        model.postprocess_predictions(predictions, images, batch)
-        return len(batch)
-
-    for item in cached[:warmup]:
-        postprocess(item)
-    result["network"] = _seconds_per_image(network, batches, device, runs, num_iter)
-    result["postprocess"] = _seconds_per_image(postprocess, cached, device, runs, num_iter)
+    stages = model.inference_stages()
+    stage_inputs: list[list[tuple[Any, int]]] = [[] for _ in stages]
+    for batch, count in items:
+        state: Any = batch
+        for inputs, (_, fn) in zip(stage_inputs, stages):
+            inputs.append((state, count))
+            state = fn(state)
+    for inputs, (name, fn) in zip(stage_inputs, stages):
+        for state, _ in itertools.islice(itertools.cycle(inputs), warmup):
+            fn(state)
+        result[name] = _seconds_per_image(fn, inputs, device, runs, num_iter)
     return result

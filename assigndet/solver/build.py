@@ -159,17 +159,54 @@ def maybe_add_gradient_clipping(
     return type(optimizer_type.__name__ + "WithGradientClip", (optimizer_type,), {"step": step})
 
 
+def _build_lr_factor_func(cfg, model: nn.Module) -> Callable[[str], float] | None:
+    """SOLVER.BACKBONE_MULTIPLIER for names under ``backbone.``, times the value of the first
+    SOLVER.LR_MULTIPLIER_NAMES entry contained in the name; None when neither applies."""
+    backbone_multiplier = cfg.SOLVER.BACKBONE_MULTIPLIER
+    names, values = list(cfg.SOLVER.LR_MULTIPLIER_NAMES), list(cfg.SOLVER.LR_MULTIPLIER_VALUES)
+    if len(names) != len(values):
+        raise ValueError(
+            f"SOLVER.LR_MULTIPLIER_NAMES ({len(names)} entries: {names}) and "
+            f"SOLVER.LR_MULTIPLIER_VALUES ({len(values)} entries: {values}) must have the same "
+            "length"
+        )
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"SOLVER.LR_MULTIPLIER_NAMES entries must be non-empty strings, got {name!r}"
+            )
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(
+                f"SOLVER.LR_MULTIPLIER_VALUES entries must be numbers >= 0, got {value!r}"
+            )
+    # Frozen parameters count as matches: freezing a part must not turn its entry into an error.
+    param_names = [n for n, _ in model.named_parameters()]
+    for name in names:
+        if not any(name in p for p in param_names):
+            raise ValueError(
+                f"SOLVER.LR_MULTIPLIER_NAMES entry {name!r} is contained in no parameter name of "
+                f"the model (full names such as {param_names[:3]})"
+            )
+    if backbone_multiplier == 1.0 and not names:
+        return None
+
+    def lr_factor_func(full_name: str) -> float:
+        factor = backbone_multiplier if full_name.startswith("backbone.") else 1.0
+        for name, value in zip(names, values):
+            if name in full_name:
+                return factor * value
+        return factor
+
+    return lr_factor_func
+
+
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """SGD (SOLVER.MOMENTUM, NESTEROV) or AdamW (SOLVER.OPTIMIZER "ADAMW") over the trainable
-    parameters, with SOLVER.WEIGHT_DECAY_NORM, BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS, and
-    BACKBONE_MULTIPLIER for parameters under ``backbone.``."""
-    backbone_multiplier = cfg.SOLVER.BACKBONE_MULTIPLIER
-    lr_factor_func = None
-    if backbone_multiplier != 1.0:
-
-        def lr_factor_func(name: str) -> float:
-            return backbone_multiplier if name.startswith("backbone.") else 1.0
-
+    parameters, with SOLVER.WEIGHT_DECAY_NORM, BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS,
+    BACKBONE_MULTIPLIER for parameters under ``backbone.``, and LR_MULTIPLIER_NAMES/VALUES for
+    parameters whose full name contains a given substring (the two multipliers multiply)."""
+    lr_factor_func = _build_lr_factor_func(cfg, model)
     params = get_default_optimizer_params(
         model,
         base_lr=cfg.SOLVER.BASE_LR,

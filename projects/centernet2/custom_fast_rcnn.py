@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from assigndet.config import CfgNode, configurable
 from assigndet.layers import ShapeSpec
-from assigndet.modeling.roi_heads import FastRCNNOutputLayers, fast_rcnn_inference
+from assigndet.modeling.roi_heads import FastRCNNOutputLayers
 from assigndet.structures import Instances
 
 from .fed_loss import fed_loss_classes, load_class_freq
@@ -145,19 +145,13 @@ class CustomFastRCNNOutputLayers(FastRCNNOutputLayers):
         scores, _ = predictions
         return list(scores.sigmoid().split([len(p) for p in proposals], dim=0))
 
-    def inference(
+    def predict_boxes_and_scores(
         self, predictions: tuple[Tensor, Tensor], proposals: list[Instances]
-    ) -> tuple[list[Instances], list[Tensor]]:
-        """Single-stage heads (CenterNet2-F): as Fast R-CNN, with the probabilistic score."""
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """As Fast R-CNN, with the probabilistic score when ``MULT_PROPOSAL_SCORE`` is on (the
+        single-stage heads of CenterNet2-F; the cascade multiplies after averaging stages)."""
         boxes = self.predict_boxes(predictions, proposals)
         scores = self.predict_probs(predictions, proposals)
         if self.mult_proposal_score:
             scores = multiply_proposal_scores(scores, proposals)
-        return fast_rcnn_inference(
-            boxes,
-            scores,
-            [p.image_size for p in proposals],
-            self.test_score_thresh,
-            self.test_nms_thresh,
-            self.test_topk_per_image,
-        )
+        return boxes, scores

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import assigndet.projects  # noqa: F401  (registers FCOS_PSS)
-from assigndet.evaluation.timing import time_inference
+from assigndet.evaluation.timing import run_inference_stages, time_inference
 from assigndet.modeling import build_model
 from assigndet.utils.testing import random_detection_batch, tiny_dense_detector_cfg
 
@@ -21,14 +21,14 @@ def _batches() -> list[list[dict]]:
 
 
 @pytest.mark.parametrize("meta_architecture", ["FCOS", "FCOS_PSS"])
-def test_postprocess_predictions_is_the_rest_of_forward(meta_architecture):
-    """The two timed steps together give exactly the model's output."""
+def test_inference_stages_give_exactly_the_forward(meta_architecture):
+    """The two timed stages (network, post-processing) in a row give the model's output."""
     model = _tiny_model(meta_architecture)
     batch = _batches()[0]
+    assert [name for name, _ in model.inference_stages()] == ["network", "postprocess"]
     with torch.no_grad():
         expected = model(batch)[0]["instances"]
-        images = model.preprocess_image(batch)
-        got = model.postprocess_predictions(model.predict(images), images, batch)[0]["instances"]
+        got = run_inference_stages(model, batch)[0]["instances"]
     assert len(got) == len(expected) > 0
     assert got.image_size == expected.image_size == (96, 144)
     torch.testing.assert_close(got.pred_boxes, expected.pred_boxes)

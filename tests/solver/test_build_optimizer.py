@@ -124,3 +124,68 @@ def test_gradient_clipping_modes():
     scale = 1.0 / (25.25**0.5)
     assert torch.allclose(a, grads[0] * scale, atol=1e-5)
     assert torch.allclose(b, grads[1] * scale, atol=1e-5)
+
+
+class _Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.sampling_offsets = nn.Linear(2, 2)
+        self.value_proj = nn.Linear(2, 2)
+
+
+class DetrLike(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Module()
+        self.backbone.res2 = nn.Conv2d(3, 2, 1)
+        self.backbone.res5 = nn.Conv2d(2, 2, 1)
+        self.transformer = nn.Module()
+        self.transformer.layers = nn.ModuleList([_Attention(), _Attention()])
+
+
+def test_lr_multiplier_names_compose_with_backbone_multiplier():
+    model = DetrLike()
+    cfg = _cfg(OPTIMIZER="ADAMW", BASE_LR=2e-4, BACKBONE_MULTIPLIER=0.1,
+               LR_MULTIPLIER_NAMES=["sampling_offsets", "res2"], LR_MULTIPLIER_VALUES=[0.1, 0.5])
+    opt = build_optimizer(cfg, model)
+    lr = {name: _group_of(opt, p)["lr"] for name, p in model.named_parameters()}
+    for layer in (0, 1):
+        for kind in ("weight", "bias"):
+            assert lr[f"transformer.layers.{layer}.sampling_offsets.{kind}"] == pytest.approx(2e-5)
+            assert lr[f"transformer.layers.{layer}.value_proj.{kind}"] == pytest.approx(2e-4)
+    assert lr["backbone.res2.weight"] == pytest.approx(2e-4 * 0.1 * 0.5)
+    assert lr["backbone.res5.weight"] == pytest.approx(2e-5)
+    assert len(opt.param_groups) == 3  # 2e-4; 2e-5 (offsets and res5 merged); 1e-5
+
+
+def test_lr_multiplier_first_match_wins():
+    model = DetrLike()
+    cfg = _cfg(BASE_LR=1.0, LR_MULTIPLIER_NAMES=["layers.1", "sampling_offsets"],
+               LR_MULTIPLIER_VALUES=[0.5, 0.1])
+    opt = build_optimizer(cfg, model)
+    attn0, attn1 = model.transformer.layers
+    assert _group_of(opt, attn1.sampling_offsets.weight)["lr"] == pytest.approx(0.5)
+    assert _group_of(opt, attn0.sampling_offsets.weight)["lr"] == pytest.approx(0.1)
+    assert _group_of(opt, attn0.value_proj.weight)["lr"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "names, values, message",
+    [
+        (["sampling_offsets"], [], r"LR_MULTIPLIER_NAMES \(1 entries.*LR_MULTIPLIER_VALUES \(0"),
+        (["sampling_ofsets"], [0.1], r"LR_MULTIPLIER_NAMES entry 'sampling_ofsets'"),
+        ([""], [0.1], r"LR_MULTIPLIER_NAMES entries must be non-empty strings, got ''"),
+        (["value_proj"], [-1.0], r"LR_MULTIPLIER_VALUES entries must be numbers >= 0, got -1.0"),
+    ],
+)
+def test_lr_multiplier_errors(names, values, message):
+    cfg = _cfg(LR_MULTIPLIER_NAMES=names, LR_MULTIPLIER_VALUES=values)
+    with pytest.raises(ValueError, match=message):
+        build_optimizer(cfg, DetrLike())
+
+
+def test_lr_multiplier_name_of_a_frozen_parameter_is_accepted():
+    model = DetrLike()
+    model.backbone.requires_grad_(False)
+    opt = build_optimizer(_cfg(LR_MULTIPLIER_NAMES=["res2"], LR_MULTIPLIER_VALUES=[0.5]), model)
+    assert sum(len(g["params"]) for g in opt.param_groups) == 8  # the transformer's only

@@ -8,6 +8,7 @@ normalisers averaged over ranks, and class-aware NMS at test time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -232,6 +233,17 @@ class FCOS(nn.Module):
         box_reg = flatten_levels(reg_maps)
         ctr_logits = flatten_levels(ctr_maps)[..., 0]
         return locations, cls_logits, box_reg, ctr_logits, box_features
+
+    def inference_stages(self) -> list[tuple[str, Callable[[Any], Any]]]:
+        """Inference as timed stages (``assigndet.evaluation.timing``): ``network``
+        (preprocessing and :meth:`predict`) and ``postprocess``
+        (:meth:`postprocess_predictions`)."""
+
+        def network(batched_inputs: list[dict[str, Any]]):
+            images = self.preprocess_image(batched_inputs)
+            return self.predict(images), images, batched_inputs
+
+        return [("network", network), ("postprocess", lambda s: self.postprocess_predictions(*s))]
 
     def gt_instances(self, batched_inputs: list[dict[str, Any]]) -> list[Instances]:
         """The training inputs' ``instances`` on the model's device."""

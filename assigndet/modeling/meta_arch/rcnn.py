@@ -7,6 +7,7 @@ older checkpoints that have them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -122,6 +123,40 @@ class GeneralizedRCNN(nn.Module):
         if do_postprocess:
             return self._postprocess(results, batched_inputs, images.image_sizes)
         return results
+
+    def inference_stages(self) -> list[tuple[str, Callable[[Any], Any]]]:
+        """Inference as timed stages (``assigndet.evaluation.timing``): ``backbone``
+        (preprocessing and backbone), ``first_stage`` (proposals), ``second_stage`` (the RoI
+        heads' network: pooling, box heads, every cascade stage, score fusion) and
+        ``postprocess`` (score threshold, NMS, top-k, rescaling). Together they give exactly
+        :meth:`inference`'s detections."""
+
+        def backbone(batched_inputs: list[dict[str, Any]]):
+            images = self.preprocess_image(batched_inputs)
+            return batched_inputs, images, self.backbone(images.tensor)
+
+        def first_stage(state):
+            batched_inputs, images, features = state
+            proposals, _ = self._proposals(batched_inputs, images, features, None)
+            return batched_inputs, images, features, proposals
+
+        def second_stage(state):
+            batched_inputs, images, features, proposals = state
+            box_outputs = self.roi_heads.predict_box_outputs(features, proposals)
+            return batched_inputs, images, features, box_outputs
+
+        def postprocess(state):
+            batched_inputs, images, features, box_outputs = state
+            results = self.roi_heads.detect_from_box_outputs(box_outputs)
+            results = self.roi_heads.forward_with_given_boxes(features, results)
+            return self._postprocess(results, batched_inputs, images.image_sizes)
+
+        return [
+            ("backbone", backbone),
+            ("first_stage", first_stage),
+            ("second_stage", second_stage),
+            ("postprocess", postprocess),
+        ]
 
     def _proposals(
         self,

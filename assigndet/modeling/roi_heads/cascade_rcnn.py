@@ -24,7 +24,7 @@ from ..box_regression import Box2BoxTransform
 from ..matcher import Matcher
 from ..poolers import ROIPooler
 from .box_head import build_box_head
-from .fast_rcnn import FastRCNNOutputLayers, current_event_storage, fast_rcnn_inference
+from .fast_rcnn import FastRCNNOutputLayers, current_event_storage
 from .roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, pairwise_iou
 
 __all__ = ["CascadeROIHeads"]
@@ -157,8 +157,32 @@ class CascadeROIHeads(StandardROIHeads):
     ) -> dict[str, Tensor] | list[Instances]:
         """Run the stages; losses in training (``proposals`` already sampled), detections at
         test time."""
+        if not self.training:
+            return self.detect_from_box_outputs(self.predict_box_outputs(features, proposals))
+        losses = {}
+        storage = current_event_storage()
+        head_outputs = self._run_stages(features, proposals, targets)
+        for stage, (predictor, predictions, stage_proposals) in enumerate(head_outputs):
+            scope = (
+                storage.name_scope(f"stage{stage}")
+                if storage is not None
+                else contextlib.nullcontext()
+            )
+            with scope:
+                stage_losses = predictor.losses(predictions, stage_proposals)
+            losses.update({f"{k}_stage{stage}": v for k, v in stage_losses.items()})
+        return losses
+
+    def _run_stages(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Instances],
+        targets: list[Instances] | None,
+    ) -> list[tuple[nn.Module, tuple[Tensor, Tensor], list[Instances]]]:
+        """``(predictor, predictions, proposals)`` of each stage; each stage after the first
+        starts from the previous one's boxes (re-matched to ``targets`` in training)."""
         features = [features[f] for f in self.box_in_features]
-        head_outputs = []  # (predictor, predictions, proposals) of each stage
+        head_outputs = []
         prev_pred_boxes = None
         image_sizes = [p.image_size for p in proposals]
         for k in range(self.num_cascade_stages):
@@ -169,33 +193,28 @@ class CascadeROIHeads(StandardROIHeads):
             predictions = self._run_stage(features, proposals, k)
             prev_pred_boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
             head_outputs.append((self.box_predictor[k], predictions, proposals))
+        return head_outputs
 
+    def predict_box_outputs(
+        self, features: dict[str, Tensor], proposals: list[Instances]
+    ) -> tuple[list[Tensor], list[Tensor], list[tuple[int, int]]]:
+        """Every stage at test time: per image the last stage's boxes, the stage-combined class
+        probabilities (:meth:`combine_stage_scores`), and the image sizes."""
         if self.training:
-            losses = {}
-            storage = current_event_storage()
-            for stage, (predictor, predictions, stage_proposals) in enumerate(head_outputs):
-                scope = (
-                    storage.name_scope(f"stage{stage}")
-                    if storage is not None
-                    else contextlib.nullcontext()
-                )
-                with scope:
-                    stage_losses = predictor.losses(predictions, stage_proposals)
-                losses.update({f"{k}_stage{stage}": v for k, v in stage_losses.items()})
-            return losses
-
+            raise RuntimeError("predict_box_outputs is for inference only")
+        head_outputs = self._run_stages(features, proposals, None)
         scores_per_stage = [h[0].predict_probs(h[1], h[2]) for h in head_outputs]
         scores = self.combine_stage_scores(scores_per_stage, head_outputs[0][2])
         predictor, predictions, last_proposals = head_outputs[-1]
         boxes = predictor.predict_boxes(predictions, last_proposals)
-        pred_instances, _ = fast_rcnn_inference(
-            boxes,
-            scores,
-            image_sizes,
-            predictor.test_score_thresh,
-            predictor.test_nms_thresh,
-            predictor.test_topk_per_image,
-        )
+        return boxes, scores, [p.image_size for p in proposals]
+
+    def detect_from_box_outputs(
+        self, box_outputs: tuple[list[Tensor], list[Tensor], list[tuple[int, int]]]
+    ) -> list[Instances]:
+        """The last stage's score threshold, per-class NMS and top-k."""
+        boxes, scores, image_sizes = box_outputs
+        pred_instances, _ = self.box_predictor[-1].detect(boxes, scores, image_sizes)
         return pred_instances
 
     def combine_stage_scores(

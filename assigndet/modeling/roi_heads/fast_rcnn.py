@@ -314,13 +314,25 @@ class FastRCNNOutputLayers(nn.Module):
     ) -> tuple[list[Instances], list[Tensor]]:
         """Detections per image (see :func:`fast_rcnn_inference`) at the proposals' image
         sizes, with this predictor's test thresholds."""
+        boxes, scores = self.predict_boxes_and_scores(predictions, proposals)
+        return self.detect(boxes, scores, [p.image_size for p in proposals])
+
+    def predict_boxes_and_scores(
+        self, predictions: tuple[Tensor, Tensor], proposals: list[Instances]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Per image, the decoded boxes (:meth:`predict_boxes`) and the class probabilities
+        (:meth:`predict_probs`) that :meth:`detect` turns into detections."""
         boxes = self.predict_boxes(predictions, proposals)
-        scores = self.predict_probs(predictions, proposals)
-        image_shapes = [p.image_size for p in proposals]
+        return boxes, self.predict_probs(predictions, proposals)
+
+    def detect(
+        self, boxes: list[Tensor], scores: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> tuple[list[Instances], list[Tensor]]:
+        """:func:`fast_rcnn_inference` with this predictor's test thresholds."""
         return fast_rcnn_inference(
             boxes,
             scores,
-            image_shapes,
+            image_sizes,
             self.test_score_thresh,
             self.test_nms_thresh,
             self.test_topk_per_image,

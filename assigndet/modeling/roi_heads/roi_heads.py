@@ -342,13 +342,35 @@ class StandardROIHeads(ROIHeads):
         and labelled, so ``targets`` is unused here; multi-stage heads re-match with it),
         detections at test time."""
         del targets
+        if not self.training:
+            return self.detect_from_box_outputs(self.predict_box_outputs(features, proposals))
+        return self.box_predictor.losses(self._box_predictions(features, proposals), proposals)
+
+    def _box_predictions(
+        self, features: dict[str, Tensor], proposals: list[Instances]
+    ) -> tuple[Tensor, Tensor]:
+        """Pooled features -> box head -> (class scores, box deltas) of every proposal."""
         box_features = self.box_pooler(
             [features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals]
         )
-        box_features = self.box_head(box_features)
-        predictions = self.box_predictor(box_features)
-        del box_features
+        return self.box_predictor(self.box_head(box_features))
+
+    def predict_box_outputs(
+        self, features: dict[str, Tensor], proposals: list[Instances]
+    ) -> tuple[list[Tensor], list[Tensor], list[tuple[int, int]]]:
+        """The box branch's network at test time: per image the decoded boxes and the class
+        probabilities of the proposals, and the image sizes (the input of
+        :meth:`detect_from_box_outputs`)."""
         if self.training:
-            return self.box_predictor.losses(predictions, proposals)
-        pred_instances, _ = self.box_predictor.inference(predictions, proposals)
+            raise RuntimeError("predict_box_outputs is for inference only")
+        predictions = self._box_predictions(features, proposals)
+        boxes, scores = self.box_predictor.predict_boxes_and_scores(predictions, proposals)
+        return boxes, scores, [p.image_size for p in proposals]
+
+    def detect_from_box_outputs(
+        self, box_outputs: tuple[list[Tensor], list[Tensor], list[tuple[int, int]]]
+    ) -> list[Instances]:
+        """Score threshold, per-class NMS and top-k of :meth:`predict_box_outputs`'s result."""
+        boxes, scores, image_sizes = box_outputs
+        pred_instances, _ = self.box_predictor.detect(boxes, scores, image_sizes)
         return pred_instances

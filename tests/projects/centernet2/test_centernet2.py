@@ -11,6 +11,7 @@ import torch
 
 from assigndet.checkpoint import DetectionCheckpointer
 from assigndet.config import get_cfg, load_config
+from assigndet.evaluation.timing import run_inference_stages, time_inference
 from assigndet.modeling import build_model
 from assigndet.projects.centernet2.custom_fast_rcnn import (
     CustomFastRCNNOutputLayers,
@@ -237,3 +238,25 @@ def test_tiny_centernet2_trains_saves_reloads_and_detects(tmp_path, roi_heads):
 def _predictors(model) -> list:
     predictor = model.roi_heads.box_predictor
     return list(predictor) if isinstance(predictor, torch.nn.ModuleList) else [predictor]
+
+
+@pytest.mark.parametrize("roi_heads", ["CustomCascadeROIHeads", "CustomROIHeads"])
+def test_inference_stages_give_exactly_the_detections(roi_heads):
+    """backbone -> first stage -> second stage -> post-processing, each timed on its own by
+    ``time_inference``, together equal ``model(batch)``."""
+    torch.manual_seed(0)
+    model = build_model(_tiny_centernet2_cfg(roi_heads)).eval()
+    for predictor in _predictors(model):
+        predictor.test_score_thresh = 0.0
+    batch = _batch()
+    with torch.no_grad():
+        expected = model(batch)
+        got = run_inference_stages(model, batch)
+        times = time_inference(model, [batch], runs=2, num_iter=1, warmup=0)
+    assert list(times) == ["total", "backbone", "first_stage", "second_stage", "postprocess"]
+    assert all(len(v) == 2 and min(v) > 0 for v in times.values())
+    for x, y in zip(expected, got, strict=True):
+        assert len(x["instances"]) == len(y["instances"]) > 0
+        torch.testing.assert_close(x["instances"].pred_boxes, y["instances"].pred_boxes)
+        torch.testing.assert_close(x["instances"].scores, y["instances"].scores)
+        assert torch.equal(x["instances"].pred_classes, y["instances"].pred_classes)
