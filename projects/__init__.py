@@ -1,3 +1,3 @@
 """Method projects: each registers its models and config keys when imported."""
 
-from . import centernet2, pss  # noqa: F401
+from . import centernet2, deta, pss  # noqa: F401

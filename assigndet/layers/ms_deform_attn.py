@@ -154,7 +154,10 @@ class MSDeformAttn(nn.Module):
             centres = reference_points[:, :, None, :, None, :2]
             sizes = reference_points[:, :, None, :, None, 2:]
             locations = centres + offsets / p * sizes * 0.5
+        # Sampling runs in float32: under autocast the projections come out in half precision
+        # while the locations (reference + offsets) must stay precise.
         out = ms_deform_attn(
-            value, input_spatial_shapes, input_level_start_index, locations, weights
+            value.float(), input_spatial_shapes, input_level_start_index, locations.float(),
+            weights.float(),
         )
-        return self.output_proj(out)
+        return self.output_proj(out.to(value.dtype))

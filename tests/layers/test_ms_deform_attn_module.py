@@ -165,3 +165,19 @@ def test_errors_name_the_bad_value():
         MSDeformAttn(d_model=30, n_heads=4)
     with pytest.raises(ValueError, match=r"n_levels must be an int >= 1, got 0"):
         MSDeformAttn(n_levels=0)
+
+
+def test_runs_under_bfloat16_autocast():
+    """Projections in bfloat16, sampling in float32: the output is close to float32's."""
+    torch.manual_seed(0)
+    attn = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=2)
+    shapes = torch.tensor([[4, 5], [2, 3]])
+    start = torch.tensor([0, 20])
+    query = torch.randn(1, 3, 16)
+    value = torch.randn(1, 26, 16)
+    ref = torch.rand(1, 3, 2, 2)
+    expected = attn(query, ref, value, shapes, start)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attn(query, ref, value, shapes, start)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, atol=0.05, rtol=0.05)
