@@ -12,9 +12,14 @@ optimizer step for training; forward for inference), not the data loader's. Ever
 and the spread (min-max) over ``--runs`` runs. Peak memory is ``torch.cuda.max_memory_allocated``
 on CUDA, and the peak resident set size of the process on CPU.
 
-Inference of the dense detectors is also split into the network (preprocessing, backbone,
-heads) and the post-processing (thresholds, top-k, decoding, NMS or the NMS-free selection),
-each timed on its own (``assigndet.evaluation.timing``).
+Inference is also split into the model's stages, each timed on its own
+(``assigndet.evaluation.timing``): network and post-processing for the dense detectors; backbone,
+first stage, second stage and post-processing for two-stage models (CenterNet2); backbone,
+encoder, query selection, decoder and post-processing for DETA. ``--input-size 800 1333`` times
+random images of exactly that size instead of dataset images:
+
+    python tools/benchmark.py --task eval --config-file configs/centernet2_r50_1x.yaml \
+        --input-size 800 1333 --runs 3 --num-iter 1 MODEL.DEVICE cpu
 
 Weights stay at their initialization (MODEL.WEIGHTS is not loaded). The network's speed does not
 depend on them, but the post-processing's does: an untrained FCOS passes almost no candidate
@@ -64,6 +69,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--num-batches", type=int, default=8,
                         help="batches loaded once and cycled through")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                        help="eval: time seeded random images of exactly this size (e.g. 800 "
+                             "1333) instead of DATASETS.TEST images")
     parser.add_argument("--baseline-config-file", default="", metavar="FILE",
                         help="also benchmark this config first (same options and overrides) "
                              "and print the model / baseline ratio of every median")
@@ -102,12 +110,21 @@ def benchmark_train(cfg, args) -> tuple[list[float], float]:
 def benchmark_eval(cfg, args) -> tuple[dict[str, list[float]], float]:
     """Seconds per image of each run (batch of one image) in total and, for dense detectors,
     split into network and post-processing; and peak memory in MiB."""
-    if not cfg.DATASETS.TEST:
-        raise ValueError("--task eval needs a dataset in DATASETS.TEST")
     model = build_model(cfg)
     model.eval()
-    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
-    batches = list(itertools.islice(iter(loader), args.num_batches))
+    if args.input_size:
+        height, width = args.input_size
+        generator = torch.Generator().manual_seed(0)
+        batches = [
+            [{"image": torch.randint(0, 256, (3, height, width), dtype=torch.uint8,
+                                     generator=generator), "height": height, "width": width}]
+            for _ in range(args.num_batches)
+        ]
+    else:
+        if not cfg.DATASETS.TEST:
+            raise ValueError("--task eval needs a dataset in DATASETS.TEST (or --input-size)")
+        loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
+        batches = list(itertools.islice(iter(loader), args.num_batches))
     device = next(model.parameters()).device
     amp = cfg.SOLVER.AMP.ENABLED
     dtype = amp_dtype(cfg.SOLVER.AMP.PRECISION) if amp else torch.float32

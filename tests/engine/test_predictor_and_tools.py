@@ -106,6 +106,8 @@ def test_benchmark_train_and_eval(trained, capsys):
     result = bench.main(common + ["--task", "eval"])
     assert result["task"] == "eval" and result["total"]["median"] > 0
     assert "s / image (total)" in capsys.readouterr().out
+    result = bench.main(common + ["--task", "eval", "--input-size", "40", "56"])
+    assert result["total"]["median"] > 0
 
 
 def test_benchmark_against_a_baseline(trained, capsys):
