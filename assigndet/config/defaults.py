@@ -162,6 +162,18 @@ _C.MODEL.FCOS.CENTERNESS_ON_REG = True  # centerness predicted from the regressi
 _C.MODEL.FCOS.NORM_REG_TARGETS = True  # regress ltrb / stride with ReLU instead of exp
 _C.MODEL.FCOS.TOP_LEVELS = 2  # extra levels (P6, P7) built on top of the FPN
 
+# Sampling-Free (Chen et al., TIP 2021): CE over all samples + prior bias + guided loss scaling.
+# One switch for all three parts; each alone, or on top of focal loss or sampling, does not help.
+_C.MODEL.SAMPLING_FREE = CfgNode()
+_C.MODEL.SAMPLING_FREE.ENABLED = False  # replace focal loss / sampling by the three parts
+_C.MODEL.SAMPLING_FREE.PRIOR_PROB = -1.0  # > 0: classifier prior (FCOS 1e-4); -1: estimated
+_C.MODEL.SAMPLING_FREE.PRIOR_NUM_IMAGES = 200  # training images the assigner sees for the estimate
+_C.MODEL.SAMPLING_FREE.PRIOR_PROB_MIN = 1e-6  # lower clamp of the estimated prior
+_C.MODEL.SAMPLING_FREE.PRIOR_PROB_MAX = 0.5  # upper clamp of the estimated prior
+_C.MODEL.SAMPLING_FREE.GUIDANCE = "global"  # loc/cls ratio over all ranks, or "local" (official)
+_C.MODEL.SAMPLING_FREE.DELTA_CLAMP = [1e-2, 1e2]  # [min, max] of delta, [] for none (extrapolated)
+_C.MODEL.SAMPLING_FREE.SCORE_THRESH_TEST = 1e-3  # test-time score threshold (CE scores are lower)
+
 # ---------------------------------------------------------------------------------------------
 # Input
 # ---------------------------------------------------------------------------------------------

@@ -2,5 +2,23 @@
 
 from .fcos import fcos_losses
 from .iou import IOU_LOSS_TYPES, ltrb_iou_loss
+from .sampling_free import (
+    GUIDANCE_MODES,
+    GuidedLossScaling,
+    guidance_ratio,
+    optimal_prior_prob,
+    prior_bias,
+    sigmoid_ce_loss,
+)
 
-__all__ = ["IOU_LOSS_TYPES", "fcos_losses", "ltrb_iou_loss"]
+__all__ = [
+    "GUIDANCE_MODES",
+    "IOU_LOSS_TYPES",
+    "GuidedLossScaling",
+    "fcos_losses",
+    "guidance_ratio",
+    "ltrb_iou_loss",
+    "optimal_prior_prob",
+    "prior_bias",
+    "sigmoid_ce_loss",
+]
