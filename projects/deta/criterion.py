@@ -370,25 +370,15 @@ class DETACriterion(nn.Module):
                 )
                 for i, t in enumerate(targets)
             ]
-            losses |= self._layer(logits, boxes, decoder_pairs, targets, num_boxes, "")
-            for t, layer in enumerate(aux):
-                losses |= self._layer(
-                    layer["pred_logits"],
-                    layer["pred_boxes"],
-                    decoder_pairs,
-                    targets,
-                    num_boxes,
-                    f"_{t}",
-                )
-        else:
-            losses |= self._layer(
-                logits, boxes, self._hungarian(logits, boxes, targets), targets, num_boxes, ""
+        layers = [(logits, boxes, "")] + [
+            (layer["pred_logits"], layer["pred_boxes"], f"_{t}") for t, layer in enumerate(aux)
+        ]
+        for layer_logits, layer_boxes, suffix in layers:
+            # IoU mode: the pairs of the proposals serve every layer; Hungarian re-matches each
+            pairs = (
+                decoder_pairs if iou else self._hungarian(layer_logits, layer_boxes, targets)
             )
-            for t, layer in enumerate(aux):
-                pairs = self._hungarian(layer["pred_logits"], layer["pred_boxes"], targets)
-                losses |= self._layer(
-                    layer["pred_logits"], layer["pred_boxes"], pairs, targets, num_boxes, f"_{t}"
-                )
+            losses |= self._layer(layer_logits, layer_boxes, pairs, targets, num_boxes, suffix)
 
         # Binary objectness targets for the encoder proposals: every GT is class 0.
         binary = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]

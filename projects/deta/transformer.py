@@ -148,6 +148,11 @@ class DeformableTransformerDecoderLayer(nn.Module):
         return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
 
 
+def _layer_stack(layer_type: type[nn.Module], num_layers: int, *args: int) -> nn.ModuleList:
+    """``num_layers`` independent ``layer_type(*args)`` layers."""
+    return nn.ModuleList(layer_type(*args) for _ in range(num_layers))
+
+
 class DeformableTransformerEncoder(nn.Module):
     """``num_layers`` encoder layers; every token attends around its own pixel centre."""
 
@@ -161,9 +166,9 @@ class DeformableTransformerEncoder(nn.Module):
         num_layers: int = 6,
     ) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            DeformableTransformerEncoderLayer(d_model, d_ffn, n_levels, n_heads, n_points)
-            for _ in range(num_layers)
+        self.layers = _layer_stack(
+            DeformableTransformerEncoderLayer, num_layers, d_model, d_ffn, n_levels, n_heads,
+            n_points,
         )
         self.num_layers = num_layers
 
@@ -246,9 +251,9 @@ class DeformableTransformerDecoder(nn.Module):
         num_layers: int = 6,
     ) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            DeformableTransformerDecoderLayer(d_model, d_ffn, n_levels, n_heads, n_points)
-            for _ in range(num_layers)
+        self.layers = _layer_stack(
+            DeformableTransformerDecoderLayer, num_layers, d_model, d_ffn, n_levels, n_heads,
+            n_points,
         )
         self.num_layers = num_layers
 
