@@ -4,7 +4,7 @@ from .batch_norm import FrozenBatchNorm2d, get_norm
 from .deform_conv import DeformConv, ModulatedDeformConv
 from .ms_deform_attn import MSDeformAttn
 from .shape_spec import ShapeSpec
-from .weight_init import c2_msra_fill, c2_xavier_fill
+from .weight_init import c2_msra_fill, c2_xavier_fill, prior_bias
 from .wrappers import Conv2d, cat
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ShapeSpec",
     "c2_msra_fill",
     "c2_xavier_fill",
+    "prior_bias",
     "cat",
     "get_norm",
 ]

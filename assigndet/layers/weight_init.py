@@ -1,8 +1,18 @@
-"""Caffe2-style initialisations used by the ResNet and FPN of detectron2."""
+"""Initialisations: Caffe2-style fills of detectron2's ResNet and FPN, and the prior bias of
+sigmoid classifiers."""
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
+
+
+def prior_bias(prior_prob: float) -> float:
+    """Classifier bias b with sigmoid(b) = ``prior_prob``: -log((1 - p) / p)."""
+    if not 0.0 < prior_prob < 1.0:
+        raise ValueError(f"prior_bias: prior_prob must be in (0, 1); got {prior_prob}")
+    return -math.log((1.0 - prior_prob) / prior_prob)
 
 
 def c2_xavier_fill(module: nn.Module) -> None:

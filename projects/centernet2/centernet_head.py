@@ -8,14 +8,13 @@ convs sit at indices 0, 3, 6, 9 and the norms at 1, 4, 7, 10; an empty tower has
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from assigndet.config import configurable
-from assigndet.layers import ShapeSpec, get_norm
+from assigndet.layers import ShapeSpec, get_norm, prior_bias
 from assigndet.modeling.heads import Scale
 
 __all__ = ["CenterNetHead", "centernet_tower"]
@@ -101,17 +100,17 @@ class CenterNetHead(nn.Module):
         # 8 strides on each side: the initial boxes are about 16 strides wide
         nn.init.constant_(self.bbox_pred.bias, 8.0)
 
-        prior_bias = -math.log((1 - prior_prob) / prior_prob)
+        bias = prior_bias(prior_prob)
         if with_agn_hm:
             self.agn_hm = nn.Conv2d(in_channels, 1, kernel_size=3, stride=1, padding=1)
             nn.init.normal_(self.agn_hm.weight, std=0.01)
-            nn.init.constant_(self.agn_hm.bias, prior_bias)
+            nn.init.constant_(self.agn_hm.bias, bias)
         if not only_proposal:
             self.cls_logits = nn.Conv2d(
                 in_channels, num_classes, kernel_size=3, stride=1, padding=1
             )
             nn.init.normal_(self.cls_logits.weight, std=0.01)
-            nn.init.constant_(self.cls_logits.bias, prior_bias)
+            nn.init.constant_(self.cls_logits.bias, bias)
 
     @classmethod
     def from_config(cls, cfg, input_shape: list[ShapeSpec]) -> dict[str, Any]:

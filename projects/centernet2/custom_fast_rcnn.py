@@ -3,7 +3,6 @@ loss, and the probabilistic score sqrt(P(class | object) * first-stage score) at
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -11,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from assigndet.config import CfgNode, configurable
-from assigndet.layers import ShapeSpec
+from assigndet.layers import ShapeSpec, prior_bias
 from assigndet.modeling.roi_heads import FastRCNNOutputLayers
 from assigndet.structures import Instances
 
@@ -91,7 +90,7 @@ class CustomFastRCNNOutputLayers(FastRCNNOutputLayers):
         self.fed_loss_num_classes = fed_loss_num_classes
         self.mult_proposal_score = mult_proposal_score
         if use_sigmoid_ce:
-            nn.init.constant_(self.cls_score.bias, -math.log((1 - prior_prob) / prior_prob))
+            nn.init.constant_(self.cls_score.bias, prior_bias(prior_prob))
         if freq_weight is not None:
             if freq_weight.shape != (self.num_classes,):
                 raise ValueError(

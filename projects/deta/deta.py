@@ -12,7 +12,6 @@ come out in xyxy pixels of the requested output size.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from assigndet.config import CfgNode
+from assigndet.layers import prior_bias
 from assigndet.modeling import META_ARCH_REGISTRY, build_backbone
 from assigndet.modeling.meta_arch import model_io
 from assigndet.ops import batched_nms
@@ -169,7 +169,7 @@ class DETA(nn.Module):
         num_heads = d.DEC_LAYERS + 1
         self.class_embed = nn.ModuleList(nn.Linear(hidden, d.NUM_CLASSES) for _ in range(num_heads))
         self.bbox_embed = nn.ModuleList(MLP(hidden, hidden, 4, 3) for _ in range(num_heads))
-        bias = -math.log((1 - d.PRIOR_PROB) / d.PRIOR_PROB)
+        bias = prior_bias(d.PRIOR_PROB)
         for cls_head, box_head in zip(self.class_embed, self.bbox_embed):
             nn.init.constant_(cls_head.bias, bias)
             nn.init.zeros_(box_head.layers[-1].weight)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
+from assigndet.layers import prior_bias
 from assigndet.modeling.heads import conv_tower
 
 
@@ -36,7 +35,7 @@ class PSSHead(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, std=0.01)
                 nn.init.constant_(module.bias, 0.0)
-        nn.init.constant_(self.pss_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.constant_(self.pss_logits.bias, prior_bias(prior_prob))
 
     def forward(self, box_features: list[Tensor]) -> list[Tensor]:
         """L maps ``[N, C, H_l, W_l]`` -> L logit maps ``[N, 1, H_l, W_l]``."""

@@ -9,11 +9,11 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from assigndet.config import get_cfg
+from assigndet.layers import prior_bias
 from assigndet.modeling.losses import (
     GuidedLossScaling,
     guidance_ratio,
     optimal_prior_prob,
-    prior_bias,
     sigmoid_ce_loss,
 )
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from ...layers import ShapeSpec, get_norm
+from ...layers import ShapeSpec, get_norm, prior_bias
 
 
 class Scale(nn.Module):
@@ -76,7 +74,7 @@ class FCOSHead(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, std=0.01)
                 nn.init.constant_(module.bias, 0.0)
-        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.constant_(self.cls_logits.bias, prior_bias(prior_prob))
 
     @classmethod
     def from_config(cls, cfg, input_shape: list[ShapeSpec]) -> dict:

@@ -7,7 +7,6 @@ from .sampling_free import (
     GuidedLossScaling,
     guidance_ratio,
     optimal_prior_prob,
-    prior_bias,
     sigmoid_ce_loss,
 )
 
@@ -19,6 +18,5 @@ __all__ = [
     "guidance_ratio",
     "ltrb_iou_loss",
     "optimal_prior_prob",
-    "prior_bias",
     "sigmoid_ce_loss",
 ]

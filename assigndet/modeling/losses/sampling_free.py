@@ -1,7 +1,8 @@
 """Sampling-Free training (Chen et al., TIP 2021): plain cross-entropy over every sample.
 
 Three parts that only work together: classification by cross-entropy over all non-ignored
-samples (no focal loss, no sampler), a classifier bias matched to the foreground prior, and a
+samples (no focal loss, no sampler), a classifier bias matched to the foreground prior
+(:func:`optimal_prior_prob`, then ``assigndet.layers.prior_bias``), and a
 classification loss rescaled every step to the localisation loss with a learnable factor.
 The functions here are what every head shares: sigmoid heads (FCOS, ATSS, PSS) and RPN-like
 objectness use :func:`sigmoid_ce_loss`; softmax RoI heads keep ``F.cross_entropy`` and share
@@ -70,13 +71,6 @@ def optimal_prior_prob(
             f"optimal_prior_prob: num_foreground ({num_fg}) exceeds num_samples ({num})"
         )
     return min(max(num_fg / num, min_prob), max_prob)
-
-
-def prior_bias(prior_prob: float) -> float:
-    """Classifier bias b with sigmoid(b) = ``prior_prob``: -log((1 - p) / p)."""
-    if not 0.0 < prior_prob < 1.0:
-        raise ValueError(f"prior_bias: prior_prob must be in (0, 1); got {prior_prob}")
-    return -math.log((1.0 - prior_prob) / prior_prob)
 
 
 class _SigmoidCESum(torch.autograd.Function):
