@@ -173,6 +173,9 @@ _C.MODEL.SAMPLING_FREE.PRIOR_PROB_MAX = 0.5  # upper clamp of the estimated prio
 _C.MODEL.SAMPLING_FREE.GUIDANCE = "global"  # loc/cls ratio over all ranks, or "local" (official)
 _C.MODEL.SAMPLING_FREE.DELTA_CLAMP = [1e-2, 1e2]  # [min, max] of delta, [] for none (extrapolated)
 _C.MODEL.SAMPLING_FREE.SCORE_THRESH_TEST = 1e-3  # test-time score threshold (CE scores are lower)
+# Ablations of the paper's Table II: False drops one device while keeping plain CE
+_C.MODEL.SAMPLING_FREE.PRIOR_INIT = True  # False: classifier bias 0 (prior 0.5), no estimate
+_C.MODEL.SAMPLING_FREE.GUIDED = True  # False: raw CE / normaliser, no guidance and no delta
 
 # ---------------------------------------------------------------------------------------------
 # Input

@@ -261,9 +261,19 @@ class DefaultTrainer(TrainerBase):
     def resume_or_load(self, resume: bool = True) -> None:
         """With ``resume`` and an ``OUTPUT_DIR/last_checkpoint``: restore model, optimizer,
         scheduler and iteration, and continue at iteration + 1. Otherwise load MODEL.WEIGHTS
-        (model only; empty means the model's own initialization) and start at 0."""
+        (model only; empty means the model's own initialization) and start at 0.
+
+        A fresh start with Sampling-Free and an estimated prior (MODEL.SAMPLING_FREE.ENABLED,
+        PRIOR_INIT, PRIOR_PROB < 0) first sets the classifier biases from the data
+        (:func:`~assigndet.engine.prior_estimation.estimate_sampling_free_priors`), so that
+        MODEL.WEIGHTS holding a detector's head still overrides them."""
         if not (resume and self.checkpointer.has_checkpoint()):
             check_weights_file(self.cfg.MODEL.WEIGHTS)
+            sf = self.cfg.MODEL.SAMPLING_FREE
+            if sf.ENABLED and sf.PRIOR_INIT and sf.PRIOR_PROB < 0:
+                from .prior_estimation import estimate_sampling_free_priors
+
+                estimate_sampling_free_priors(self.cfg, self.model)
         checkpoint = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = int(checkpoint.get("iteration", -1)) + 1

@@ -28,6 +28,7 @@ __all__ = [
     "EventWriter",
     "JSONWriter",
     "TensorboardXWriter",
+    "current_event_storage",
     "get_event_storage",
     "peak_memory_mb",
 ]
@@ -43,6 +44,12 @@ def get_event_storage() -> EventStorage:
             "(trainer.train() opens one)"
         )
     return _CURRENT_STORAGE_STACK[-1]
+
+
+def current_event_storage() -> EventStorage | None:
+    """The innermost ``EventStorage``, or None outside of one (so that models which log
+    training statistics also run outside a trainer)."""
+    return _CURRENT_STORAGE_STACK[-1] if _CURRENT_STORAGE_STACK else None
 
 
 class EventStorage:

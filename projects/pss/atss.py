@@ -105,10 +105,15 @@ class ATSS(FCOS):
         ]
         return FCOSTargets.stack(per_image)
 
-    def losses(
+    @classmethod
+    def _loss_prefix(cls) -> str:
+        return "atss"
+
+    def unguided_losses(
         self, cls_logits: Tensor, box_reg: Tensor, ctr_logits: Tensor, targets: FCOSTargets
     ) -> dict[str, Tensor]:
-        """FCOS's losses with the box loss weighted by ``loc_loss_weight``.
+        """FCOS's losses with the box loss weighted by ``loc_loss_weight``; :meth:`losses`
+        adds the Sampling-Free guidance by that weighted box loss.
 
         Args:
             cls_logits: ``[N, R, K]``; box_reg: ``[N, R, 4]``; ctr_logits: ``[N, R]``.
@@ -117,7 +122,7 @@ class ATSS(FCOS):
         Returns:
             ``{"loss_atss_cls", "loss_atss_loc", "loss_atss_ctr"}``, scalar tensors.
         """
-        fcos = super().losses(cls_logits, box_reg, ctr_logits, targets)
+        fcos = super().unguided_losses(cls_logits, box_reg, ctr_logits, targets)
         return {
             "loss_atss_cls": fcos["loss_fcos_cls"],
             "loss_atss_loc": fcos["loss_fcos_loc"] * self.loc_loss_weight,

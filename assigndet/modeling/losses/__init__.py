@@ -7,6 +7,7 @@ from .sampling_free import (
     GuidedLossScaling,
     guidance_ratio,
     optimal_prior_prob,
+    sampling_free_initial_prior,
     sigmoid_ce_loss,
 )
 
@@ -18,5 +19,6 @@ __all__ = [
     "guidance_ratio",
     "ltrb_iou_loss",
     "optimal_prior_prob",
+    "sampling_free_initial_prior",
     "sigmoid_ce_loss",
 ]

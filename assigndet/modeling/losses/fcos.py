@@ -9,6 +9,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from ...utils.comm import all_reduce_mean
 from .iou import ltrb_iou_loss
+from .sampling_free import sigmoid_ce_loss
 
 
 def fcos_losses(
@@ -22,8 +23,13 @@ def fcos_losses(
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
     loc_loss_type: str = "giou",
+    cls_loss_type: str = "focal",
 ) -> dict[str, Tensor]:
     """Focal + centerness-weighted IoU + centerness BCE, as in the FCOS reference code and mmdet.
+
+    With ``cls_loss_type="ce"`` (Sampling-Free) the classification loss is plain sigmoid
+    cross-entropy over every location and class instead of the focal loss, with the same
+    normaliser; its guided scaling is the caller's (it needs a learnable δ).
 
     Normalisers: the classification and centerness losses are divided by the number of
     positives, the box loss by the sum of the positives' centerness targets; both are averaged
@@ -41,6 +47,7 @@ def fcos_losses(
         focal_alpha: focal loss alpha.
         focal_gamma: focal loss gamma.
         loc_loss_type: ``"iou"``, ``"linear_iou"`` or ``"giou"`` (see :func:`ltrb_iou_loss`).
+        cls_loss_type: ``"focal"`` or ``"ce"``.
 
     Returns:
         ``{"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"}``, scalar tensors.
@@ -53,9 +60,16 @@ def fcos_losses(
     num_pos = all_reduce_mean(pos.sum().float().detach()).clamp(min=1.0)
 
     onehot = F.one_hot(labels, num_classes + 1)[:, :num_classes].to(torch.float32)
-    loss_cls = sigmoid_focal_loss(
-        cls_logits.float(), onehot, alpha=focal_alpha, gamma=focal_gamma, reduction="sum"
-    )
+    if cls_loss_type == "focal":
+        loss_cls = sigmoid_focal_loss(
+            cls_logits.float(), onehot, alpha=focal_alpha, gamma=focal_gamma, reduction="sum"
+        )
+    elif cls_loss_type == "ce":
+        loss_cls = sigmoid_ce_loss(cls_logits, onehot)
+    else:
+        raise ValueError(
+            f"fcos_losses: cls_loss_type must be 'focal' or 'ce'; got {cls_loss_type!r}"
+        )
 
     ctr_t = ctr_targets[pos].float()
     ctr_sum = all_reduce_mean(ctr_t.sum().detach()).clamp(min=1e-6)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ...config import CfgNode, configurable
 from ...utils.comm import all_reduce_mean
+from ...utils.events import current_event_storage
 
 GUIDANCE_MODES = ("global", "local")
 
@@ -71,6 +72,17 @@ def optimal_prior_prob(
             f"optimal_prior_prob: num_foreground ({num_fg}) exceeds num_samples ({num})"
         )
     return min(max(num_fg / num, min_prob), max_prob)
+
+
+def sampling_free_initial_prior(cfg: CfgNode, default: float) -> float:
+    """A sigmoid classifier's prior at construction under Sampling-Free: 0.5 (bias 0) for the
+    ablation without prior initialization (``MODEL.SAMPLING_FREE.PRIOR_INIT`` False), the
+    constant ``PRIOR_PROB`` when it is > 0, else ``default`` until the trainer sets the
+    estimate (``assigndet.engine.prior_estimation``)."""
+    sf = cfg.MODEL.SAMPLING_FREE
+    if not sf.PRIOR_INIT:
+        return 0.5
+    return sf.PRIOR_PROB if sf.PRIOR_PROB > 0 else default
 
 
 class _SigmoidCESum(torch.autograd.Function):
@@ -185,17 +197,24 @@ class GuidedLossScaling(nn.Module):
     δ always multiplies the classification term, so its parameter is used on every step (DDP
     needs no ``find_unused_parameters``). A non-finite L_cls still propagates to the output.
 
+    Inside a trainer each call writes ``sf_<name>_delta`` (δ), ``sf_<name>_ratio`` (g) and
+    ``sf_<name>_cls_raw`` (the unscaled classification loss) to the event storage, hence to
+    metrics.json: the scaled loss equals δ·L_loc and says little on its own.
+
     ``delta_clamp`` = (min, max) keeps δ in that range by projecting ``log_delta`` onto
     [log min, log max] before each use; a clamp inside the graph would zero δ's gradient at the
     bound and could leave it stuck there.
     """
 
     @configurable
-    def __init__(self, *, guidance: str = "global", delta_clamp: Sequence[float] = ()) -> None:
+    def __init__(
+        self, *, guidance: str = "global", delta_clamp: Sequence[float] = (), name: str = "cls"
+    ) -> None:
         """
         Args:
             guidance: ``"global"`` or ``"local"``, see the class docstring.
             delta_clamp: ``()`` for none, or (min, max) with 0 < min <= 1 <= max.
+            name: what the metrics are called (``sf_<name>_delta``...), e.g. ``"fcos"``.
         """
         super().__init__()
         if guidance not in GUIDANCE_MODES:
@@ -203,6 +222,7 @@ class GuidedLossScaling(nn.Module):
                 f"MODEL.SAMPLING_FREE.GUIDANCE must be one of {GUIDANCE_MODES}; got {guidance!r}"
             )
         self.guidance = guidance
+        self.name = name
         self._log_delta_range: tuple[float, float] | None = None
         if len(delta_clamp) > 0:
             if len(delta_clamp) != 2 or not 0.0 < delta_clamp[0] <= 1.0 <= delta_clamp[1]:
@@ -215,9 +235,9 @@ class GuidedLossScaling(nn.Module):
         self._last_ratio: Tensor | None = None
 
     @classmethod
-    def from_config(cls, cfg: CfgNode) -> dict:
+    def from_config(cls, cfg: CfgNode, name: str = "cls") -> dict:
         sf = cfg.MODEL.SAMPLING_FREE
-        return {"guidance": sf.GUIDANCE, "delta_clamp": tuple(sf.DELTA_CLAMP)}
+        return {"guidance": sf.GUIDANCE, "delta_clamp": tuple(sf.DELTA_CLAMP), "name": name}
 
     @property
     def delta(self) -> float:
@@ -250,10 +270,30 @@ class GuidedLossScaling(nn.Module):
         )
         self._last_ratio = ratio
         log_delta = self.log_delta.float()
+        storage = current_event_storage()
+        if storage is not None:
+            storage.put_scalar(f"sf_{self.name}_delta", float(log_delta.detach().exp()))
+            storage.put_scalar(f"sf_{self.name}_ratio", float(ratio))
+            storage.put_scalar(f"sf_{self.name}_cls_raw", float(cls_loss.detach().float()))
         return {"loss_cls": ratio * log_delta.exp() * cls_loss.float(), "loss_delta": -log_delta}
+
+    def apply_to(
+        self,
+        losses: dict[str, Tensor],
+        cls_key: str,
+        loc_keys: Sequence[str],
+        delta_key: str,
+    ) -> dict[str, Tensor]:
+        """A copy of a head's loss dict with ``losses[cls_key]`` guided by the sum of
+        ``losses[k]`` for k in ``loc_keys`` and the -log δ term added as ``delta_key``."""
+        missing = [k for k in (cls_key, *loc_keys) if k not in losses]
+        if missing:
+            raise KeyError(f"GuidedLossScaling: the losses {sorted(losses)} lack {missing}")
+        scaled = self(losses[cls_key], sum(losses[k] for k in loc_keys))
+        return {**losses, cls_key: scaled["loss_cls"], delta_key: scaled["loss_delta"]}
 
     def extra_repr(self) -> str:
         bounds = None
         if self._log_delta_range is not None:
             bounds = tuple(round(math.exp(b), 6) for b in self._log_delta_range)
-        return f"guidance={self.guidance!r}, delta_clamp={bounds}"
+        return f"name={self.name!r}, guidance={self.guidance!r}, delta_clamp={bounds}"

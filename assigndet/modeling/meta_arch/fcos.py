@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ...config import CfgNode, configurable
-from ...layers import ShapeSpec
+from ...layers import ShapeSpec, prior_bias
 from ...ops import batched_nms
 from ...structures import ImageList, Instances, clip_boxes_
 from ..assigners.fcos import FCOSTargets, fcos_assign, fcos_size_ranges
@@ -23,6 +23,7 @@ from ..backbone import Backbone, build_backbone
 from ..box_ops import ltrb_to_boxes
 from ..heads.fcos_head import FCOSHead
 from ..losses.fcos import fcos_losses
+from ..losses.sampling_free import GuidedLossScaling, sampling_free_initial_prior
 from . import model_io
 from .build import META_ARCH_REGISTRY
 
@@ -71,6 +72,12 @@ class FCOS(nn.Module):
     thresholded on sigma(cls) (on the product with ``thresh_with_ctr``), the top
     ``pre_nms_topk`` per level by score go to class-aware NMS, and the best
     ``max_detections_per_image`` are kept.
+
+    Sampling-Free (``MODEL.SAMPLING_FREE.ENABLED``): the focal loss becomes sigmoid CE over all
+    locations and classes, guided by the box loss (``loss_fcos_cls`` = g·δ·CE, plus
+    ``loss_fcos_delta`` = -log δ); the class bias starts at the data's prior (estimated by the
+    trainer through :meth:`sampling_free_prior_counts`); the test threshold is
+    ``MODEL.SAMPLING_FREE.SCORE_THRESH_TEST``.
     """
 
     @configurable
@@ -95,6 +102,8 @@ class FCOS(nn.Module):
         pre_nms_topk: int = 1000,
         nms_threshold: float = 0.6,
         max_detections_per_image: int = 100,
+        sampling_free: bool = False,
+        cls_guidance: GuidedLossScaling | None = None,
     ) -> None:
         """
         Args:
@@ -116,6 +125,9 @@ class FCOS(nn.Module):
             pre_nms_topk: candidates kept per level before NMS.
             nms_threshold: IoU threshold of the class-aware NMS.
             max_detections_per_image: detections kept per image after NMS.
+            sampling_free: classification by sigmoid CE instead of the focal loss.
+            cls_guidance: guided scaling of the CE by the box loss (Sampling-Free); None for
+                none (the focal loss, or the plain-CE ablation).
         """
         super().__init__()
         if len(fpn_strides) != len(in_features):
@@ -149,6 +161,12 @@ class FCOS(nn.Module):
         self.pre_nms_topk = pre_nms_topk
         self.nms_threshold = nms_threshold
         self.max_detections_per_image = max_detections_per_image
+        if cls_guidance is not None and not sampling_free:
+            raise ValueError(
+                "FCOS: cls_guidance scales the Sampling-Free CE; it needs sampling_free"
+            )
+        self.sampling_free = sampling_free
+        self.cls_guidance = cls_guidance
         model_io.register_pixel_statistics(self, pixel_mean, pixel_std)
 
     @classmethod
@@ -169,9 +187,15 @@ class FCOS(nn.Module):
                 f"MODEL.FCOS.FPN_STRIDES {list(fcos.FPN_STRIDES)} do not match the strides "
                 f"{strides} of {list(fcos.IN_FEATURES)} given by the backbone"
             )
+        head_args = FCOSHead.from_config(cfg, feature_shapes)
+        sf = cfg.MODEL.SAMPLING_FREE
+        score_threshold = fcos.INFERENCE_TH_TEST
+        if sf.ENABLED:
+            head_args["prior_prob"] = sampling_free_initial_prior(cfg, fcos.PRIOR_PROB)
+            score_threshold = sf.SCORE_THRESH_TEST
         return {
             "backbone": backbone,
-            "head": FCOSHead(**FCOSHead.from_config(cfg, feature_shapes)),
+            "head": FCOSHead(**head_args),
             "in_features": fcos.IN_FEATURES,
             "fpn_strides": fcos.FPN_STRIDES,
             "num_classes": fcos.NUM_CLASSES,
@@ -183,12 +207,23 @@ class FCOS(nn.Module):
             "focal_loss_alpha": fcos.LOSS_ALPHA,
             "focal_loss_gamma": fcos.LOSS_GAMMA,
             "loc_loss_type": fcos.LOC_LOSS_TYPE,
-            "score_threshold": fcos.INFERENCE_TH_TEST,
+            "score_threshold": score_threshold,
             "thresh_with_ctr": fcos.THRESH_WITH_CTR,
             "pre_nms_topk": fcos.PRE_NMS_TOPK_TEST,
             "nms_threshold": fcos.NMS_TH,
             "max_detections_per_image": min(fcos.POST_NMS_TOPK_TEST, cfg.TEST.DETECTIONS_PER_IMAGE),
+            "sampling_free": sf.ENABLED,
+            "cls_guidance": (
+                GuidedLossScaling(cfg, name=cls._loss_prefix())
+                if sf.ENABLED and sf.GUIDED
+                else None
+            ),
         }
+
+    @classmethod
+    def _loss_prefix(cls) -> str:
+        """The detector's name in its loss keys (``loss_fcos_cls``) and metrics."""
+        return "fcos"
 
     @property
     def device(self) -> torch.device:
@@ -303,7 +338,26 @@ class FCOS(nn.Module):
     def losses(
         self, cls_logits: Tensor, box_reg: Tensor, ctr_logits: Tensor, targets: FCOSTargets
     ) -> dict[str, Tensor]:
-        """FCOS losses of the batch from ``[N, R, K]``, ``[N, R, 4]``, ``[N, R]`` predictions."""
+        """FCOS losses of the batch from ``[N, R, K]``, ``[N, R, 4]``, ``[N, R]`` predictions:
+        ``loss_fcos_cls``, ``loss_fcos_loc``, ``loss_fcos_ctr`` (and ``loss_fcos_delta`` with
+        Sampling-Free guidance, where the box loss alone guides, as the paper's FCOS)."""
+        losses = self.unguided_losses(cls_logits, box_reg, ctr_logits, targets)
+        return self.guide_classification(losses)
+
+    def guide_classification(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Sampling-Free guided scaling of ``loss_<prefix>_cls`` by ``loss_<prefix>_loc`` (the
+        losses as given when there is no guidance)."""
+        if self.cls_guidance is None:
+            return losses
+        prefix = self._loss_prefix()
+        return self.cls_guidance.apply_to(
+            losses, f"loss_{prefix}_cls", [f"loss_{prefix}_loc"], f"loss_{prefix}_delta"
+        )
+
+    def unguided_losses(
+        self, cls_logits: Tensor, box_reg: Tensor, ctr_logits: Tensor, targets: FCOSTargets
+    ) -> dict[str, Tensor]:
+        """:func:`fcos_losses` of the batch, before any Sampling-Free guidance."""
         return fcos_losses(
             cls_logits.reshape(-1, self.num_classes),
             box_reg.reshape(-1, 4),
@@ -315,7 +369,34 @@ class FCOS(nn.Module):
             self.focal_loss_alpha,
             self.focal_loss_gamma,
             self.loc_loss_type,
+            cls_loss_type="ce" if self.sampling_free else "focal",
         )
+
+    @torch.no_grad()
+    def sampling_free_prior_counts(
+        self, batched_inputs: list[dict[str, Any]]
+    ) -> dict[str, tuple[Tensor, int]]:
+        """Foreground and all binary class outputs of a training batch under this detector's
+        assignment, for the Sampling-Free prior (``assigndet.engine.prior_estimation``).
+
+        Only the assignment runs: the locations follow from the padded input size, each level
+        being ceil(size / stride) cells as the backbone's stride-2 convolutions give. Every
+        location is a sample (none is ignored), with K outputs.
+
+        Returns:
+            ``{"cls": (number of positive locations, N x R x K)}``.
+        """
+        images = self.preprocess_image(batched_inputs)
+        height, width = images.tensor.shape[-2:]
+        sizes = [(-(-height // s), -(-width // s)) for s in self.fpn_strides]
+        locations = compute_locations(sizes, self.fpn_strides, self.device)
+        labels = self.label_locations(locations, self.gt_instances(batched_inputs)).labels
+        num_fg = ((labels >= 0) & (labels < self.num_classes)).sum()
+        return {"cls": (num_fg, labels.numel() * self.num_classes)}
+
+    def set_sampling_free_prior(self, priors: dict[str, float]) -> None:
+        """Set the class bias to the prior ``priors["cls"]``."""
+        nn.init.constant_(self.head.cls_logits.bias, prior_bias(priors["cls"]))
 
     @torch.no_grad()
     def inference(

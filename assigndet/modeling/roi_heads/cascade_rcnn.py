@@ -6,6 +6,10 @@ later stage re-matches the previous stage's regressed boxes (detached, clipped, 
 dropped) at its own IoU, without re-sampling. Every stage's pooled features pass their gradient
 back scaled by 1 / num_stages. Losses are ``loss_cls_stage{k}`` and ``loss_box_reg_stage{k}``.
 Inference averages the stages' class probabilities and takes the last stage's boxes.
+
+With Sampling-Free the first stage keeps every labelled proposal (no sampling) and each stage's
+predictor guides its own classification loss by its own box loss (logged as
+``sf_roi_stage{k}_ratio`` / ``sf_roi_stage{k}_cls_raw``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from ..box_regression import Box2BoxTransform
 from ..matcher import Matcher
 from ..poolers import ROIPooler
 from .box_head import build_box_head
-from .fast_rcnn import FastRCNNOutputLayers, current_event_storage
+from .fast_rcnn import FastRCNNOutputLayers, current_event_storage, log_sampling_free_stats
 from .roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, pairwise_iou
 
 __all__ = ["CascadeROIHeads"]
@@ -170,6 +174,7 @@ class CascadeROIHeads(StandardROIHeads):
             )
             with scope:
                 stage_losses = predictor.losses(predictions, stage_proposals)
+            log_sampling_free_stats(predictor, f"roi_stage{stage}")
             losses.update({f"{k}_stage{stage}": v for k, v in stage_losses.items()})
         return losses
 

@@ -2,6 +2,10 @@
 
 Classes follow detectron2: K foreground classes ``0..K-1`` and background **last** (index K), so
 ``cls_score`` has K + 1 outputs; ``bbox_pred`` has 4 (class-agnostic) or 4K outputs.
+
+Sampling-Free (``sampling_free``, with the RoI heads' sampler switched off) keeps the
+cross-entropy and guides it by the box loss with the official two-stage rule
+L_cls <- 2 * stopgrad(L_box / L_cls) * L_cls (no learnable δ).
 """
 
 from __future__ import annotations
@@ -23,13 +27,20 @@ from ...ops import batched_nms
 from ...structures import Instances, clip_boxes_
 from ...utils.events import EventStorage, get_event_storage
 from ..box_regression import Box2BoxTransform
+from ..losses.sampling_free import GUIDANCE_MODES, guidance_ratio
 
 __all__ = [
     "BOX_REG_LOSS_TYPES",
+    "SF_ROI_CLS_FACTOR",
     "FastRCNNOutputLayers",
     "fast_rcnn_inference",
     "fast_rcnn_inference_single_image",
+    "log_sampling_free_stats",
 ]
+
+# The official two-stage RoI rule scales the guided classification loss to twice the box loss
+# (a code comment: parity with the biased-sampling baseline).
+SF_ROI_CLS_FACTOR = 2.0
 
 BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
 
@@ -168,6 +179,9 @@ class FastRCNNOutputLayers(nn.Module):
         smooth_l1_beta: float = 0.0,
         box_reg_loss_type: str = "smooth_l1",
         loss_weight: float | dict[str, float] = 1.0,
+        sampling_free: bool = False,
+        sf_guided: bool = True,
+        sf_guidance: str = "global",
     ) -> None:
         """
         Args:
@@ -182,6 +196,9 @@ class FastRCNNOutputLayers(nn.Module):
             smooth_l1_beta: smooth L1 transition point; 0 is L1.
             box_reg_loss_type: one of ``BOX_REG_LOSS_TYPES``.
             loss_weight: one weight for all losses, or ``{loss name: weight}`` (others 1).
+            sampling_free: Sampling-Free: ``loss_cls`` guided by ``loss_box_reg`` (below).
+            sf_guided: with ``sampling_free``, apply the guidance; off, the raw loss is kept.
+            sf_guidance: ``"global"`` (losses reduced over ranks) or ``"local"`` (this rank's).
         """
         super().__init__()
         if isinstance(input_shape, int):
@@ -214,21 +231,37 @@ class FastRCNNOutputLayers(nn.Module):
         if isinstance(loss_weight, (int, float)):
             loss_weight = {"loss_cls": float(loss_weight), "loss_box_reg": float(loss_weight)}
         self.loss_weight = dict(loss_weight)
+        if sf_guidance not in GUIDANCE_MODES:
+            raise ValueError(
+                f"MODEL.SAMPLING_FREE.GUIDANCE must be one of {GUIDANCE_MODES}; got {sf_guidance!r}"
+            )
+        self.sampling_free = sampling_free
+        self.sf_guided = sf_guided
+        self.sf_guidance = sf_guidance
+        # the last valid guidance ratio (the guard of a batch without foreground); a plain
+        # attribute, so every rank keeps its own and checkpoints do not hold it
+        self._sf_last_ratio: Tensor | None = None
+        self.sampling_free_stats: dict[str, Tensor] = {}
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec | int) -> dict[str, Any]:
         head = cfg.MODEL.ROI_BOX_HEAD
+        sf = cfg.MODEL.SAMPLING_FREE
+        score_thresh = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
         return {
             "input_shape": input_shape,
             "box2box_transform": Box2BoxTransform(weights=head.BBOX_REG_WEIGHTS),
             "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "cls_agnostic_bbox_reg": head.CLS_AGNOSTIC_BBOX_REG,
             "smooth_l1_beta": head.SMOOTH_L1_BETA,
-            "test_score_thresh": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+            "test_score_thresh": sf.SCORE_THRESH_TEST if sf.ENABLED else score_thresh,
             "test_nms_thresh": cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "box_reg_loss_type": head.BBOX_REG_LOSS_TYPE,
             "loss_weight": {"loss_box_reg": head.BBOX_REG_LOSS_WEIGHT},
+            "sampling_free": sf.ENABLED,
+            "sf_guided": sf.GUIDED,
+            "sf_guidance": sf.GUIDANCE,
         }
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -244,6 +277,12 @@ class FastRCNNOutputLayers(nn.Module):
         self, predictions: tuple[Tensor, Tensor], proposals: list[Instances]
     ) -> dict[str, Tensor]:
         """``{"loss_cls", "loss_box_reg"}`` of the RoIs of all images.
+
+        With ``sampling_free`` (and ``sf_guided``) ``loss_cls`` is
+        2 * stopgrad(loss_box_reg / L_cls) * L_cls, so its value is twice the box loss; when that
+        ratio is invalid (no foreground: a zero box loss) the last valid ratio, or 1.0, is used.
+        The ratio and the raw L_cls are kept in ``sampling_free_stats`` for logging
+        (:func:`log_sampling_free_stats`).
 
         Args:
             predictions: the output of ``forward`` on the RoIs of ``proposals``, concatenated.
@@ -270,7 +309,22 @@ class FastRCNNOutputLayers(nn.Module):
                 proposal_boxes, gt_boxes, proposal_deltas, gt_classes
             ),
         }
-        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+        losses = {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+        if self.sampling_free:
+            losses["loss_cls"] = self._guide_cls_loss(losses["loss_cls"], losses["loss_box_reg"])
+        return losses
+
+    def _guide_cls_loss(self, cls_loss: Tensor, box_loss: Tensor) -> Tensor:
+        """The Sampling-Free RoI classification loss (see :meth:`losses`)."""
+        self.sampling_free_stats = {"cls_raw": cls_loss.detach().float()}
+        if not self.sf_guided:
+            return cls_loss
+        ratio = guidance_ratio(
+            cls_loss, box_loss, self._sf_last_ratio, across_ranks=self.sf_guidance == "global"
+        )
+        self._sf_last_ratio = ratio
+        self.sampling_free_stats["ratio"] = ratio
+        return SF_ROI_CLS_FACTOR * ratio * cls_loss.float()
 
     def cls_loss(self, scores: Tensor, gt_classes: Tensor) -> Tensor:
         """Softmax cross-entropy over K + 1 classes, averaged over the RoIs (0 with no RoI)."""
@@ -357,6 +411,17 @@ class FastRCNNOutputLayers(nn.Module):
         scores, _ = predictions
         num_per_image = [len(p) for p in proposals]
         return list(F.softmax(scores, dim=-1).split(num_per_image, dim=0))
+
+
+def log_sampling_free_stats(predictor: nn.Module, name: str) -> None:
+    """Put a predictor's last Sampling-Free statistics in the current event storage (if any)
+    as ``sf_<name>_ratio`` and ``sf_<name>_cls_raw`` (e.g. ``name`` = ``"roi_stage0"``)."""
+    storage = current_event_storage()
+    stats = getattr(predictor, "sampling_free_stats", None)
+    if storage is None or not stats:
+        return
+    for key, value in stats.items():
+        storage.put_scalar(f"sf_{name}_{key}", float(value))
 
 
 def _log_classification_stats(

@@ -6,6 +6,9 @@ Module call (all RoI heads): ``(images, features, proposals, targets=None)`` ->
 ``gt_classes``) are required, ``results`` are the sampled proposals and ``losses`` a dict of
 scalars; at test time ``results`` are per-image detections (``pred_boxes``, ``scores``,
 ``pred_classes``) at the proposals' image size and ``losses`` is empty.
+
+With ``MODEL.SAMPLING_FREE.ENABLED`` (``sampling_free``) nothing is sampled: every proposal with
+a label >= 0 (GT boxes appended) enters the losses.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ..matcher import Matcher
 from ..poolers import ROIPooler
 from ..sampling import subsample_labels
 from .box_head import build_box_head
-from .fast_rcnn import FastRCNNOutputLayers, current_event_storage
+from .fast_rcnn import FastRCNNOutputLayers, current_event_storage, log_sampling_free_stats
 
 __all__ = [
     "ROI_HEADS_REGISTRY",
@@ -114,6 +117,7 @@ class ROIHeads(nn.Module):
         positive_fraction: float,
         proposal_matcher: Matcher,
         proposal_append_gt: bool = True,
+        sampling_free: bool = False,
     ) -> None:
         """
         Args:
@@ -122,6 +126,7 @@ class ROIHeads(nn.Module):
             positive_fraction: maximum fraction of foreground among them.
             proposal_matcher: labels proposals by IoU with the ground truth.
             proposal_append_gt: add the GT boxes to the proposals before sampling.
+            sampling_free: no sampling: every proposal labelled >= 0 is kept (Sampling-Free).
         """
         super().__init__()
         self.num_classes = num_classes
@@ -129,6 +134,7 @@ class ROIHeads(nn.Module):
         self.positive_fraction = positive_fraction
         self.proposal_matcher = proposal_matcher
         self.proposal_append_gt = proposal_append_gt
+        self.sampling_free = sampling_free
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
@@ -138,6 +144,7 @@ class ROIHeads(nn.Module):
             "batch_size_per_image": heads.BATCH_SIZE_PER_IMAGE,
             "positive_fraction": heads.POSITIVE_FRACTION,
             "proposal_append_gt": heads.PROPOSAL_APPEND_GT,
+            "sampling_free": cfg.MODEL.SAMPLING_FREE.ENABLED,
             "proposal_matcher": Matcher(
                 heads.IOU_THRESHOLDS, heads.IOU_LABELS, allow_low_quality_matches=False
             ),
@@ -146,7 +153,8 @@ class ROIHeads(nn.Module):
     def _sample_proposals(
         self, matched_idxs: Tensor, matched_labels: Tensor, gt_classes: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Class of every proposal (K for background, -1 ignored), then a random sample.
+        """Class of every proposal (K for background, -1 ignored), then a random sample (all
+        proposals labelled >= 0 with ``sampling_free``).
 
         Args:
             matched_idxs: ``[R]`` matched GT of each proposal; matched_labels: ``[R]`` its
@@ -162,6 +170,12 @@ class ROIHeads(nn.Module):
             gt_classes[matched_labels == -1] = -1
         else:
             gt_classes = torch.zeros_like(matched_idxs) + self.num_classes
+        if self.sampling_free:
+            fg = (gt_classes >= 0) & (gt_classes != self.num_classes)
+            fg_idxs = torch.nonzero(fg).squeeze(1)
+            bg_idxs = torch.nonzero(gt_classes == self.num_classes).squeeze(1)
+            sampled_idxs = torch.cat([fg_idxs, bg_idxs], dim=0)
+            return sampled_idxs, gt_classes[sampled_idxs]
         fg_idxs, bg_idxs = subsample_labels(
             gt_classes, self.batch_size_per_image, self.positive_fraction, self.num_classes
         )
@@ -173,7 +187,8 @@ class ROIHeads(nn.Module):
         self, proposals: list[Instances], targets: list[Instances]
     ) -> list[Instances]:
         """Match proposals to the GT (GT boxes appended first if ``proposal_append_gt``) and
-        draw ``batch_size_per_image`` of them, at most ``positive_fraction`` foreground.
+        draw ``batch_size_per_image`` of them, at most ``positive_fraction`` foreground (with
+        ``sampling_free``, keep every proposal labelled >= 0, foreground first).
 
         Returns:
             Per image, the sampled proposals with ``gt_classes`` (background = K) and every
@@ -344,7 +359,9 @@ class StandardROIHeads(ROIHeads):
         del targets
         if not self.training:
             return self.detect_from_box_outputs(self.predict_box_outputs(features, proposals))
-        return self.box_predictor.losses(self._box_predictions(features, proposals), proposals)
+        losses = self.box_predictor.losses(self._box_predictions(features, proposals), proposals)
+        log_sampling_free_stats(self.box_predictor, "roi")
+        return losses
 
     def _box_predictions(
         self, features: dict[str, Tensor], proposals: list[Instances]
