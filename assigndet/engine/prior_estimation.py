@@ -37,8 +37,10 @@ def prior_estimation_batches(cfg: CfgNode) -> Iterator[list[dict[str, Any]]]:
     """This rank's share of the estimate's training inputs, in batches of the per-rank size.
 
     The sample is the first ``PRIOR_NUM_IMAGES`` of a permutation of ``DATASETS.TRAIN`` seeded
-    by ``SEED`` (0 when negative); image i of it is mapped with the global numpy RNG seeded by
-    (seed, i), so the estimate is the same for any number of ranks and leaves the RNG as it was.
+    by ``SEED`` (0 when negative), cut into batches of ``IMS_PER_BATCH / world size`` images
+    (padded together, as in training); batch b goes to rank b mod world size. Image i of the
+    sample is mapped with the global numpy RNG seeded by (seed, i) and the RNG is restored
+    afterwards, so the estimate depends only on the seed and the per-rank batch size.
     """
     sf = cfg.MODEL.SAMPLING_FREE
     if sf.PRIOR_NUM_IMAGES < 1:
@@ -56,18 +58,15 @@ def prior_estimation_batches(cfg: CfgNode) -> Iterator[list[dict[str, Any]]]:
     mapper = DatasetMapper(cfg, True)
     numpy_state = np.random.get_state()
     try:
-        batch: list[dict[str, Any]] = []
-        for position in range(rank, len(sample), world):
-            np.random.seed((seed * 1_000_003 + position) % 2**32)
-            mapped = mapper(dicts[sample[position]])
-            if mapped is None:
-                continue
-            batch.append(mapped)
-            if len(batch) == batch_size:
+        for start in range(rank * batch_size, len(sample), world * batch_size):
+            batch = []
+            for position in range(start, min(start + batch_size, len(sample))):
+                np.random.seed((seed * 1_000_003 + position) % 2**32)
+                mapped = mapper(dicts[sample[position]])
+                if mapped is not None:
+                    batch.append(mapped)
+            if batch:
                 yield batch
-                batch = []
-        if batch:
-            yield batch
     finally:
         np.random.set_state(numpy_state)
 
@@ -133,6 +132,11 @@ def estimate_sampling_free_priors(cfg: CfgNode, model: nn.Module) -> dict[str, f
             priors[name],
             num / max(num_fg, 1e-12),
             -np.log(1 / priors[name] - 1),
+        )
+    if not priors:
+        logger.warning(
+            "Sampling-Free: %s has no sigmoid classifier whose prior can be estimated; its "
+            "biases are left as built", type(model).__name__,
         )
     model.set_sampling_free_prior(priors)
     return priors

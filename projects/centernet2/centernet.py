@@ -4,10 +4,17 @@ With ``ONLY_PROPOSAL`` (CenterNet2) the head predicts a class-agnostic heatmap a
 proposals are its peaks, scored sqrt(sigmoid(agn)), after a class-agnostic NMS, in training and
 at test time. Without it (CenterNet*, run by ``CenterNetDetector``) the head predicts a class
 heatmap and the outputs are class detections scored sigmoid(cls) after per-class NMS.
+
+With ``MODEL.SAMPLING_FREE.ENABLED`` the heatmaps are trained by sigmoid cross-entropy against
+the soft gaussian targets over every location (no focal loss), each guided by the box loss
+(one ``GuidedLossScaling`` per heatmap), and their initial bias follows the foreground prior
+(:meth:`CenterNet.sampling_free_prior_counts` / :meth:`CenterNet.set_sampling_free_prior`).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,13 +24,18 @@ from torch import Tensor, nn
 from assigndet.config import CfgNode, configurable
 from assigndet.layers import ShapeSpec
 from assigndet.modeling.box_ops import ltrb_to_boxes
+from assigndet.modeling.losses.sampling_free import GuidedLossScaling
 from assigndet.modeling.meta_arch.fcos import compute_locations
 from assigndet.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY
 from assigndet.ops import batched_nms
 from assigndet.structures import ImageList, Instances
 
 from .centernet_head import CenterNetHead
-from .centernet_losses import SMOOTHED_IOU_LOSS_TYPES, centernet_losses
+from .centernet_losses import (
+    SMOOTHED_IOU_LOSS_TYPES,
+    centernet_losses,
+    sampling_free_heatmap_targets,
+)
 from .centernet_targets import (
     flatten_level_first,
     gaussian_heatmaps,
@@ -117,6 +129,12 @@ class CenterNet(nn.Module):
     ``loss_centernet_loc``. With ``only_proposal`` the outputs are the training proposals;
     otherwise they are None (a one-stage detector has nothing to hand on).
 
+    Sampling-Free (``sampling_free``): ``loss_centernet_cls`` and ``loss_centernet_agn`` (sigmoid
+    cross-entropy against the soft heatmap targets / N_pos, times the guidance g·δ of the
+    modules ``sf_cls_guidance`` / ``sf_agn_guidance``, guided by ``loss_centernet_loc``) and
+    ``loss_centernet_cls_delta`` / ``loss_centernet_agn_delta`` (-log δ) replace the focal
+    pairs; with ``sf_guided`` off the raw cross-entropy / N_pos is the loss and there is no δ.
+
     Test: with ``only_proposal``, proposals ``Instances(proposal_boxes, objectness_logits,
     scores, pred_classes)`` where ``objectness_logits`` = ``scores`` = sqrt(sigmoid(agn)) (not a
     logit) and ``pred_classes`` is 0; otherwise detections ``Instances(pred_boxes, scores,
@@ -165,6 +183,10 @@ class CenterNet(nn.Module):
         nms_thresh_train: float = 0.6,
         nms_thresh_test: float = 0.6,
         no_reduce: bool = False,
+        sampling_free: bool = False,
+        sf_guided: bool = True,
+        sf_guidance: str = "global",
+        sf_delta_clamp: Sequence[float] = (1e-2, 1e2),
     ) -> None:
         """
         Args:
@@ -190,6 +212,10 @@ class CenterNet(nn.Module):
             pre_nms_topk_*: candidates kept per level and image; post_nms_topk_*: per image.
             nms_thresh_*: NMS IoU threshold; <= 0 skips NMS.
             no_reduce: loss normalisers of this rank only.
+            sampling_free: Sampling-Free heatmap losses (see the class docstring).
+            sf_guided: guide each heatmap loss by the box loss (with a learnable δ).
+            sf_guidance, sf_delta_clamp: ``GuidedLossScaling``'s ``guidance`` and
+                ``delta_clamp``.
         """
         super().__init__()
         num_levels = len(in_features)
@@ -247,6 +273,13 @@ class CenterNet(nn.Module):
         self.nms_thresh_train = nms_thresh_train
         self.nms_thresh_test = nms_thresh_test
         self.no_reduce = no_reduce
+        self.sampling_free = sampling_free
+        if sampling_free and sf_guided:
+            guided = {"guidance": sf_guidance, "delta_clamp": tuple(sf_delta_clamp)}
+            if with_agn_hm:
+                self.sf_agn_guidance = GuidedLossScaling(**guided, name="centernet_agn")
+            if not only_proposal:
+                self.sf_cls_guidance = GuidedLossScaling(**guided, name="centernet_cls")
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
@@ -269,12 +302,17 @@ class CenterNet(nn.Module):
                 f"MODEL.CENTERNET.FPN_STRIDES {list(c.FPN_STRIDES)} do not match the strides "
                 f"{backbone_strides} of {list(c.IN_FEATURES)} given by the backbone"
             )
+        sf = cfg.MODEL.SAMPLING_FREE
+        score_thresh = c.INFERENCE_TH
+        if sf.ENABLED:
+            # cross-entropy scores sit lower than focal ones (fact sheet, section 5)
+            score_thresh = min(score_thresh, sf.SCORE_THRESH_TEST)
         return {
             "centernet_head": CenterNetHead(cfg, shapes),
             "in_features": c.IN_FEATURES,
             "strides": c.FPN_STRIDES,
             "num_classes": c.NUM_CLASSES,
-            "score_thresh": c.INFERENCE_TH,
+            "score_thresh": score_thresh,
             "hm_min_overlap": c.HM_MIN_OVERLAP,
             "loc_loss_type": c.LOC_LOSS_TYPE,
             "min_radius": c.MIN_RADIUS,
@@ -302,6 +340,10 @@ class CenterNet(nn.Module):
             "nms_thresh_train": c.NMS_TH_TRAIN,
             "nms_thresh_test": c.NMS_TH_TEST,
             "no_reduce": c.NO_REDUCE,
+            "sampling_free": sf.ENABLED,
+            "sf_guided": sf.GUIDED,
+            "sf_guidance": sf.GUIDANCE,
+            "sf_delta_clamp": tuple(sf.DELTA_CLAMP),
         }
 
     def forward(
@@ -363,7 +405,7 @@ class CenterNet(nn.Module):
             pos_inds, labels = heatmap_positive_indices(
                 gt_boxes, gt_classes, shapes, self.strides, soi
             )
-        return centernet_losses(
+        losses = centernet_losses(
             box_reg_flat,
             reg_targets,
             heatmaps,
@@ -382,7 +424,71 @@ class CenterNet(nn.Module):
             loc_loss_type=self.loc_loss_type,
             not_norm_reg=self.not_norm_reg,
             no_reduce=self.no_reduce,
+            sampling_free=self.sampling_free,
         )
+        if self.sampling_free:
+            for key, guidance in (
+                ("loss_centernet_cls", getattr(self, "sf_cls_guidance", None)),
+                ("loss_centernet_agn", getattr(self, "sf_agn_guidance", None)),
+            ):
+                if key in losses and guidance is not None:
+                    guided = guidance(losses[key], losses["loss_centernet_loc"])
+                    losses[key] = guided["loss_cls"]
+                    losses[f"{key}_delta"] = guided["loss_delta"]
+        return losses
+
+    def feature_shapes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
+        """(H_l, W_l) of every level for a padded batch of size ``image_size`` (ceil(H / s))."""
+        height, width = image_size
+        return [(math.ceil(height / s), math.ceil(width / s)) for s in self.strides]
+
+    @torch.no_grad()
+    def sampling_free_prior_counts(
+        self, images: ImageList, gt_instances: list[Instances]
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """Foreground and all binary outputs of each heatmap for a batch, without the network.
+
+        The feature sizes come from the padded batch size; the targets are the Sampling-Free
+        soft targets (gaussian heatmaps, each peak 1), counted as their sum. ``MORE_POS``'s
+        extra positives depend on the predicted boxes and are not counted.
+
+        Args:
+            images: the padded batch (only its size is read).
+            gt_instances: per image, ``gt_boxes`` and ``gt_classes``.
+
+        Returns:
+            ``{"centernet_agn": (N^f, N)}`` (with the agnostic heatmap) and
+            ``{"centernet_cls": (N^f, N)}`` (with the class heatmap); N = locations x channels,
+            float64 scalar tensors.
+        """
+        shapes = self.feature_shapes(tuple(images.tensor.shape[-2:]))
+        device = images.tensor.device
+        points = compute_locations(shapes, self.strides, device)
+        gt_boxes = [inst.gt_boxes.float().to(device) for inst in gt_instances]
+        gt_classes = [inst.gt_classes.long().to(device) for inst in gt_instances]
+        _, heatmaps = self.targets(points, gt_boxes, gt_classes)
+        soi = torch.tensor(self.sizes_of_interest, device=device)
+        pos_inds, labels = heatmap_positive_indices(gt_boxes, gt_classes, shapes, self.strides, soi)
+        cls_targets, agn_targets = sampling_free_heatmap_targets(heatmaps, pos_inds, labels)
+        counts = {}
+        if self.with_agn_hm:
+            counts["centernet_agn"] = (
+                agn_targets.double().sum(),
+                torch.tensor(float(agn_targets.numel()), dtype=torch.float64, device=device),
+            )
+        if not self.only_proposal:
+            counts["centernet_cls"] = (
+                cls_targets.double().sum(),
+                torch.tensor(float(cls_targets.numel()), dtype=torch.float64, device=device),
+            )
+        return counts
+
+    def set_sampling_free_prior(self, priors: dict[str, float]) -> None:
+        """Set the bias of each heatmap named in ``priors`` (``"centernet_agn"``,
+        ``"centernet_cls"``) to -log((1 - p) / p); other names are left to other modules."""
+        for name, heatmap in (("centernet_agn", "agn"), ("centernet_cls", "cls")):
+            if name in priors:
+                self.centernet_head.set_heatmap_prior(heatmap, float(priors[name]))
 
     @torch.no_grad()
     def targets(

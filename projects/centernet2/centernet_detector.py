@@ -72,6 +72,21 @@ class CenterNetDetector(nn.Module):
             return results
         return model_io.rescale_detections(results, batched_inputs, images.image_sizes)
 
+    @torch.no_grad()
+    def sampling_free_prior_counts(
+        self, batched_inputs: list[dict[str, Any]]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Sampling-Free prior counts of the heatmaps for a training batch (no network run):
+        see ``CenterNet.sampling_free_prior_counts``."""
+        images = self.preprocess_image(batched_inputs)
+        gt_instances = model_io.gt_instances(batched_inputs, self.device, type(self).__name__)
+        return self.proposal_generator.sampling_free_prior_counts(images, gt_instances)
+
+    def set_sampling_free_prior(self, priors: dict[str, float]) -> None:
+        """Set the heatmap biases from the estimated priors (see
+        ``CenterNet.set_sampling_free_prior``)."""
+        self.proposal_generator.set_sampling_free_prior(priors)
+
     def preprocess_image(self, batched_inputs: list[dict[str, Any]]) -> ImageList:
         """Normalise the images and pad them into one batch (multiples of size_divisibility)."""
         return model_io.batch_images(

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from assigndet.config import configurable
 from assigndet.layers import ShapeSpec, get_norm, prior_bias
 from assigndet.modeling.heads import Scale
+
+from .config import sampling_free_initial_prior
 
 __all__ = ["CenterNetHead", "centernet_tower"]
 
@@ -136,8 +139,23 @@ class CenterNetHead(nn.Module):
             "num_cls_convs": c.NUM_CLS_CONVS,
             "num_box_convs": c.NUM_BOX_CONVS,
             "num_share_convs": c.NUM_SHARE_CONVS,
-            "prior_prob": c.PRIOR_PROB,
+            "prior_prob": sampling_free_initial_prior(cfg, c.PRIOR_PROB),
         }
+
+    def set_heatmap_prior(self, heatmap: str, prior_prob: float) -> None:
+        """Set the bias of a heatmap output to -log((1 - p) / p).
+
+        Args:
+            heatmap: ``"agn"`` (``agn_hm``) or ``"cls"`` (``cls_logits``).
+            prior_prob: p in (0, 1).
+        """
+        if not 0.0 < prior_prob < 1.0:
+            raise ValueError(f"heatmap prior must be in (0, 1); got {prior_prob}")
+        layer = {"agn": getattr(self, "agn_hm", None), "cls": getattr(self, "cls_logits", None)}
+        if heatmap not in layer or layer[heatmap] is None:
+            raise ValueError(f"CenterNetHead has no {heatmap!r} heatmap")
+        with torch.no_grad():
+            layer[heatmap].bias.fill_(prior_bias(prior_prob))
 
     def forward(
         self, features: list[Tensor]

@@ -1,6 +1,8 @@
 """CenterNet losses: the heatmap focal loss and the (l, t, r, b) IoU losses with +1 smoothing.
 
 Pure functions on flattened predictions: R rows, one per location of every level of every image.
+With Sampling-Free (``sampling_free=True``) the heatmaps are trained by sigmoid cross-entropy
+against the soft gaussian targets instead of the focal loss.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from assigndet.modeling.losses.sampling_free import sigmoid_ce_loss
 from assigndet.utils.comm import all_reduce_mean
 
 __all__ = [
@@ -15,6 +18,7 @@ __all__ = [
     "binary_heatmap_focal_loss",
     "centernet_losses",
     "heatmap_focal_loss",
+    "sampling_free_heatmap_targets",
     "smoothed_ltrb_iou_loss",
 ]
 
@@ -143,6 +147,29 @@ def smoothed_ltrb_iou_loss(pred: Tensor, target: Tensor, loss_type: str = "giou"
     return 1 - (iou - (enclosing - union) / enclosing)
 
 
+def sampling_free_heatmap_targets(
+    heatmaps: Tensor, pos_inds: Tensor, labels: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Soft cross-entropy targets of the class and agnostic heatmaps.
+
+    The gaussian heatmaps, with every listed positive raised to 1: a peak cell already is 1,
+    so this only changes the extra ``MORE_POS`` positives, which the focal loss pulls to 1 too.
+
+    Args:
+        heatmaps: ``[R, C]`` gaussian targets in [0, 1].
+        pos_inds: ``[P]`` rows of the positives; labels: ``[P]`` their classes (ignored for an
+            agnostic heatmap, C = 1).
+
+    Returns:
+        ``(class_targets [R, C], agnostic_targets [R])``, float32; the agnostic target is the
+        maximum over classes.
+    """
+    targets = heatmaps.float().clone()
+    if pos_inds.numel():
+        targets[pos_inds, labels if targets.shape[1] > 1 else 0] = 1.0
+    return targets, targets.max(dim=1).values
+
+
 def _mean_over_ranks(value: Tensor, no_reduce: bool) -> Tensor:
     return value if no_reduce else all_reduce_mean(value)
 
@@ -167,6 +194,7 @@ def centernet_losses(
     loc_loss_type: str = "giou",
     not_norm_reg: bool = True,
     no_reduce: bool = False,
+    sampling_free: bool = False,
 ) -> dict[str, Tensor]:
     """The CenterNet training losses of a batch, computed in float32.
 
@@ -174,6 +202,11 @@ def centernet_losses(
     by max(sum of the cell weights averaged over ranks, 1); the weights are 1 with
     ``not_norm_reg``, else the cell's agnostic heatmap target. ``no_reduce`` uses this rank's
     counts instead of the averages.
+
+    With ``sampling_free`` each heatmap's loss is instead the sigmoid cross-entropy against the
+    soft targets of :func:`sampling_free_heatmap_targets`, summed over every location (and
+    class) and divided by the same N_pos; the focal parameters, the clamp, ``ignore_high_fp``
+    and ``pos_weight`` / ``neg_weight`` are not used. The caller applies the guidance.
 
     Args:
         box_reg: ``[R, 4]`` predicted (l, t, r, b) in strides.
@@ -187,7 +220,8 @@ def centernet_losses(
     Returns:
         ``loss_centernet_pos`` / ``loss_centernet_neg`` (with ``cls_logits``),
         ``loss_centernet_loc``, and ``loss_centernet_agn_pos`` / ``loss_centernet_agn_neg``
-        (with ``agn_hm_logits``): scalars.
+        (with ``agn_hm_logits``): scalars. With ``sampling_free``, ``loss_centernet_cls`` and
+        ``loss_centernet_agn`` replace the pos / neg pairs.
     """
     focal = {
         "alpha": alpha,
@@ -199,7 +233,11 @@ def centernet_losses(
     num_pos = _mean_over_ranks(box_reg.new_tensor(float(pos_inds.numel())), no_reduce)
     num_pos = num_pos.clamp(min=1.0)
     losses = {}
-    if cls_logits is not None:
+    if sampling_free:
+        cls_targets, agn_targets = sampling_free_heatmap_targets(heatmaps, pos_inds, labels)
+        if cls_logits is not None:
+            losses["loss_centernet_cls"] = sigmoid_ce_loss(cls_logits, cls_targets) / num_pos
+    elif cls_logits is not None:
         pos_loss, neg_loss = heatmap_focal_loss(cls_logits, heatmaps, pos_inds, labels, **focal)
         losses["loss_centernet_pos"] = pos_weight * pos_loss / num_pos
         losses["loss_centernet_neg"] = neg_weight * neg_loss / num_pos
@@ -211,7 +249,11 @@ def centernet_losses(
     loc = smoothed_ltrb_iou_loss(box_reg[reg_rows], reg_targets[reg_rows], loc_loss_type)
     losses["loss_centernet_loc"] = reg_weight * (loc * weights).sum() / reg_norm
 
-    if agn_hm_logits is not None:
+    if agn_hm_logits is not None and sampling_free:
+        losses["loss_centernet_agn"] = (
+            sigmoid_ce_loss(agn_hm_logits[:, None], agn_targets[:, None]) / num_pos
+        )
+    elif agn_hm_logits is not None:
         pos_loss, neg_loss = binary_heatmap_focal_loss(
             agn_hm_logits, agn_heatmap, pos_inds, **focal
         )

@@ -11,9 +11,11 @@ from torch import Tensor, nn
 
 from assigndet.config import CfgNode, configurable
 from assigndet.layers import ShapeSpec, prior_bias
+from assigndet.modeling.losses.sampling_free import sigmoid_ce_loss as exact_sigmoid_ce_sum
 from assigndet.modeling.roi_heads import FastRCNNOutputLayers
 from assigndet.structures import Instances
 
+from .config import sampling_free_initial_prior
 from .fed_loss import fed_loss_classes, load_class_freq
 
 __all__ = ["CustomFastRCNNOutputLayers", "multiply_proposal_scores", "sigmoid_ce_loss"]
@@ -51,11 +53,32 @@ def sigmoid_ce_loss(
     return loss.sum() / num_rois
 
 
+def _exact_sigmoid_ce(
+    logits: Tensor, gt_classes: Tensor, class_subset: Tensor | None = None
+) -> Tensor:
+    """:func:`sigmoid_ce_loss` computed by the float32 Sampling-Free sum (accurate for confident
+    negatives), divided by the number of RoIs."""
+    num_rois, num_classes = logits.shape[0], logits.shape[1] - 1
+    if num_rois == 0:
+        return logits.sum() * 0.0
+    targets = F.one_hot(gt_classes, num_classes + 1)[:, :num_classes]
+    valid = None
+    if class_subset is not None:
+        columns = torch.zeros(num_classes + 1, dtype=torch.bool, device=logits.device)
+        columns[class_subset] = True
+        valid = columns[:num_classes].expand(num_rois, num_classes)
+    return exact_sigmoid_ce_sum(logits[:, :-1], targets.to(logits.dtype), valid) / num_rois
+
+
 class CustomFastRCNNOutputLayers(FastRCNNOutputLayers):
     """``FastRCNNOutputLayers`` with the ``MODEL.ROI_BOX_HEAD`` options of CenterNet2:
     ``USE_SIGMOID_CE`` (sigmoid probabilities, class bias from ``PRIOR_PROB``), ``USE_FED_LOSS``
     (with ``FED_LOSS_NUM_CAT``, ``FED_LOSS_FREQ_WEIGHT`` and ``CAT_FREQ_PATH``; the sampling
-    weights are the buffer ``freq_weight``) and ``MULT_PROPOSAL_SCORE``."""
+    weights are the buffer ``freq_weight``) and ``MULT_PROPOSAL_SCORE``.
+
+    With Sampling-Free and ``USE_SIGMOID_CE`` the sigmoid loss is the float32
+    ``assigndet.modeling.losses.sigmoid_ce_loss`` (summed, / number of RoIs), and the class bias
+    starts at the Sampling-Free prior (``sampling_free_initial_prior``)."""
 
     @configurable
     def __init__(
@@ -117,7 +140,7 @@ class CustomFastRCNNOutputLayers(FastRCNNOutputLayers):
             )
         ret.update(
             use_sigmoid_ce=head.USE_SIGMOID_CE,
-            prior_prob=head.PRIOR_PROB,
+            prior_prob=sampling_free_initial_prior(cfg, head.PRIOR_PROB),
             use_fed_loss=head.USE_FED_LOSS,
             fed_loss_num_classes=head.FED_LOSS_NUM_CAT,
             freq_weight=freq_weight,
@@ -133,6 +156,8 @@ class CustomFastRCNNOutputLayers(FastRCNNOutputLayers):
             subset = fed_loss_classes(
                 gt_classes, self.fed_loss_num_classes, self.num_classes, self.freq_weight
             )
+        if self.sampling_free:
+            return _exact_sigmoid_ce(scores, gt_classes, subset)
         return sigmoid_ce_loss(scores, gt_classes, subset)
 
     def predict_probs(

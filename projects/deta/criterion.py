@@ -4,6 +4,11 @@ Hungarian baseline, from bipartite matching.
 
 Every term is normalised by N_box, the number of GT boxes in the batch averaged over ranks and
 clamped at 1; not by the number of positives, which IoU assignment makes vary a lot.
+
+Sampling-Free mode (``sampling_free=True``; an extrapolation, see ``projects/deta/README.md``):
+the focal term becomes plain sigmoid cross-entropy over every logit (the encoder: its objectness
+channel only), and the summed decoder and encoder classification losses are each rescaled to
+their box losses by a ``GuidedLossScaling``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
+from assigndet.modeling.losses.sampling_free import GuidedLossScaling, sigmoid_ce_loss
 from assigndet.utils.comm import all_reduce_mean
+from assigndet.utils.events import current_event_storage
 
 from .assigners import hungarian_match, stage1_assign, stage2_assign
 
@@ -92,6 +99,7 @@ def deta_layer_losses(
     num_boxes: float | Tensor,
     alpha: float = 0.25,
     gamma: float = 2.0,
+    sampling_free: bool = False,
 ) -> dict[str, Tensor]:
     """Unweighted losses of one set of predictions (a decoder layer or the encoder proposals).
 
@@ -107,9 +115,11 @@ def deta_layer_losses(
             (normalised cx, cy, w, h). For the encoder's binary targets pass all labels 0.
         num_boxes: the normaliser N_box (see ``num_boxes_normaliser``).
         alpha, gamma: focal loss parameters.
+        sampling_free: classification by sigmoid cross-entropy (``sigmoid_ce_loss``) instead of
+            the focal loss; alpha and gamma are then unused.
 
     Returns:
-        ``{"loss_ce": sum of focal terms over all B*N*K logits / N_box,
+        ``{"loss_ce": sum of focal (or cross-entropy) terms over all B*N*K logits / N_box,
         "loss_bbox": sum over pairs of |b_pred - b_gt|_1 / N_box,
         "loss_giou": sum over pairs of (1 - GIoU) / N_box}``, scalar tensors.
     """
@@ -137,7 +147,9 @@ def deta_layer_losses(
                 f"{fn}: pairs[{i}] gt_idx must lie in [0, {num_gt}) (the image's GT count), got "
                 f"{g.tolist()}"
             )
-    return _layer_losses(pred_logits, pred_boxes, pairs, targets, num_boxes, alpha, gamma)
+    return _layer_losses(
+        pred_logits, pred_boxes, pairs, targets, num_boxes, alpha, gamma, sampling_free
+    )
 
 
 def _layer_losses(
@@ -148,6 +160,7 @@ def _layer_losses(
     num_boxes: float | Tensor,
     alpha: float,
     gamma: float,
+    sampling_free: bool = False,
 ) -> dict[str, Tensor]:
     """``deta_layer_losses`` on inputs already checked (no host synchronisation)."""
     b, n, k = pred_logits.shape
@@ -172,9 +185,12 @@ def _layer_losses(
     has_pair = last >= 0
     target_classes[has_pair] = labels[last[has_pair]]
     onehot = torch.nn.functional.one_hot(target_classes, k + 1)[:, :k].view(b, n, k)
-    loss_ce = sigmoid_focal_loss(
-        pred_logits.float(), onehot.float(), alpha=alpha, gamma=gamma, reduction="sum"
-    )
+    if sampling_free:
+        loss_ce = sigmoid_ce_loss(pred_logits, onehot)
+    else:
+        loss_ce = sigmoid_focal_loss(
+            pred_logits.float(), onehot.float(), alpha=alpha, gamma=gamma, reduction="sum"
+        )
 
     matched = pred_boxes[batch_idx, query_idx].float()  # [P, 4], connected to the graph if P = 0
     loss_bbox = (matched - gt_boxes).abs().sum()
@@ -211,6 +227,10 @@ class DETACriterion(nn.Module):
         stage2_iou_threshold, stage2_positive_fraction: decoder assignment (at most
             Q * fraction positives).
         cost_class, cost_bbox, cost_giou: Hungarian matching costs.
+        sampling_free: Sampling-Free classification (see ``forward``).
+        guided: with ``sampling_free``, rescale the classification losses by a
+            ``GuidedLossScaling`` each (``guided_dec``, ``guided_enc``); False leaves them raw.
+        guidance, delta_clamp: the ``GuidedLossScaling`` options.
     """
 
     def __init__(
@@ -231,6 +251,10 @@ class DETACriterion(nn.Module):
         cost_class: float = 2.0,
         cost_bbox: float = 5.0,
         cost_giou: float = 2.0,
+        sampling_free: bool = False,
+        guided: bool = True,
+        guidance: str = "global",
+        delta_clamp: Sequence[float] = (),
     ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -260,6 +284,17 @@ class DETACriterion(nn.Module):
         self.stage2_iou_threshold = stage2_iou_threshold
         self.stage2_positive_fraction = stage2_positive_fraction
         self.costs = {"cost_class": cost_class, "cost_bbox": cost_bbox, "cost_giou": cost_giou}
+        self.sampling_free = sampling_free
+        self.guided_dec: GuidedLossScaling | None = None
+        self.guided_enc: GuidedLossScaling | None = None
+        if sampling_free and guided:
+            # one δ per classifier: the decoder heads share one, the proposal head has its own
+            self.guided_dec = GuidedLossScaling(
+                guidance=guidance, delta_clamp=delta_clamp, name="deta_dec"
+            )
+            self.guided_enc = GuidedLossScaling(
+                guidance=guidance, delta_clamp=delta_clamp, name="deta_enc"
+            )
 
     def _hungarian(
         self, logits: Tensor, boxes: Tensor, targets: Sequence[Mapping[str, Tensor]]
@@ -287,9 +322,96 @@ class DETACriterion(nn.Module):
         suffix: str,
     ) -> dict[str, Tensor]:
         losses = _layer_losses(
-            logits, boxes, pairs, targets, num_boxes, self.focal_alpha, self.focal_gamma
+            logits, boxes, pairs, targets, num_boxes, self.focal_alpha, self.focal_gamma,
+            self.sampling_free,
         )
-        return {name + suffix: value * self.weights[name] for name, value in losses.items()}
+        weights = self.weights
+        if self.sampling_free:  # the class weight is applied (or cancelled) on the sum
+            weights = {**weights, "loss_ce": 1.0}
+        return {name + suffix: value * weights[name] for name, value in losses.items()}
+
+    def _sampling_free_losses(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Replace the per-layer cross-entropy entries of ``losses`` (raw, / N_box) by
+        ``loss_ce_dec`` (decoder layers summed) and ``loss_ce_enc``, each guided by the weighted
+        box losses of the same heads, plus their ``loss_delta_*``. The raw per-layer values go
+        to the event storage as ``sf_deta_ce``, ``sf_deta_ce_{t}``, ``sf_deta_ce_enc``."""
+        ce = {key: losses.pop(key) for key in [k for k in losses if k.startswith("loss_ce")]}
+        storage = current_event_storage()
+        if storage is not None:
+            values = torch.stack([v.detach().float() for v in ce.values()]).tolist()
+            for key, value in zip(ce, values):
+                storage.put_scalar("sf_deta_" + key[len("loss_"):], value)
+        enc_cls = ce.pop("loss_ce_enc")
+        dec_cls = sum(ce.values())
+        enc_loc = losses["loss_bbox_enc"] + losses["loss_giou_enc"]
+        dec_loc = sum(v for k, v in losses.items() if not k.endswith("_enc"))
+        for name, cls, loc, guide in (
+            ("dec", dec_cls, dec_loc, self.guided_dec),
+            ("enc", enc_cls, enc_loc, self.guided_enc),
+        ):
+            if guide is None:
+                losses[f"loss_ce_{name}"] = cls * self.weights["loss_ce"]
+            else:
+                scaled = guide(cls, loc)
+                losses[f"loss_ce_{name}"] = scaled["loss_cls"]
+                losses[f"loss_delta_{name}"] = scaled["loss_delta"]
+        return losses
+
+    @torch.no_grad()
+    def sampling_free_prior_counts(
+        self, anchors: Tensor, targets: Sequence[Mapping[str, Tensor]], num_queries: int
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """Positive and all binary outputs of the two classifiers for one batch, from the
+        assignment alone (no network), for the Sampling-Free prior.
+
+        ``"deta_enc"`` (the proposal classifier, channel 0 of every token): with IoU assignment,
+        the tokens that ``stage1_assign`` pairs on the fixed anchors, as in training (its random
+        draw of at most 128 positives only matters beyond 128); with the Hungarian matcher,
+        min(G, S) per image. N = B * S.
+
+        ``"deta_dec"`` (every decoder class head): the decoder's pairs come from the predicted
+        proposals, so this is an approximation from counts. With IoU assignment every GT is
+        taken to get ``max_k`` positives (1 without balancing, its low-quality match), capped at
+        ``int(Q * stage2_positive_fraction)`` per image; with the Hungarian matcher min(G, Q),
+        which is exact. N = B * Q * K.
+
+        Args:
+            anchors: Tensor[B, S, 4] normalised (cx, cy, w, h), as ``enc_outputs["anchors"]``.
+            targets: per image ``{"labels": [G], "boxes": [G, 4]}`` (normalised cx, cy, w, h).
+            num_queries: Q.
+
+        Returns:
+            ``{"deta_dec": (N^f, N), "deta_enc": (N^f, N)}``, float64 scalar tensors.
+        """
+        b, s, _ = anchors.shape
+        enc_fg = dec_fg = 0
+        for i, t in enumerate(targets):
+            g = int(t["labels"].shape[0])
+            if self.matcher == "iou":
+                query_idx, _ = stage1_assign(
+                    anchors[i],
+                    t["boxes"].to(anchors.device),
+                    iou_thresholds=self.stage1_iou_thresholds,
+                    batch_size_per_image=self.stage1_batch_size,
+                    positive_fraction=self.stage1_positive_fraction,
+                    max_k=self.max_k,
+                )
+                enc_fg += int(torch.unique(query_idx).numel())  # a token in two pairs is one
+                per_gt = self.max_k if self.max_k is not None else 1
+                dec_fg += min(g * per_gt, int(num_queries * self.stage2_positive_fraction))
+            else:
+                enc_fg += min(g, s)
+                dec_fg += min(g, num_queries)
+
+        def counts(fg: int, total: int) -> tuple[Tensor, Tensor]:
+            return torch.tensor(float(fg), dtype=torch.float64), torch.tensor(
+                float(total), dtype=torch.float64
+            )
+
+        return {
+            "deta_dec": counts(dec_fg, b * num_queries * self.num_classes),
+            "deta_enc": counts(enc_fg, b * s),
+        }
 
     def forward(
         self, outputs: Mapping[str, object], targets: Sequence[Mapping[str, Tensor]]
@@ -309,6 +431,14 @@ class DETACriterion(nn.Module):
             ``loss_ce``, ``loss_bbox``, ``loss_giou`` (final layer), the same with suffix
             ``_{t}`` for ``aux_outputs[t]`` and with suffix ``_enc`` for the encoder, each a
             weighted scalar tensor.
+
+            With ``sampling_free``: the box entries as above; instead of the per-layer ``loss_ce*``
+            ``loss_ce_dec`` = g·δ·sum_t CE_t / N_box (every decoder layer's sigmoid cross-entropy
+            over all B*Q*K logits, guided by the sum of the decoder's weighted L1 and GIoU
+            entries, so its value is δ times that sum) and ``loss_ce_enc`` likewise for the
+            encoder (channel 0 only, guided by ``loss_bbox_enc + loss_giou_enc``), plus
+            ``loss_delta_dec`` and ``loss_delta_enc`` (-log δ). Unguided: the raw sums times
+            ``weight_class``, no δ.
         """
         fn = "DETACriterion"
         iou = self.matcher == "iou"
@@ -402,7 +532,13 @@ class DETACriterion(nn.Module):
             ]
         else:
             enc_pairs = self._hungarian(enc["pred_logits"], enc["pred_boxes"], binary)
-        losses |= self._layer(
-            enc["pred_logits"], enc["pred_boxes"], enc_pairs, binary, num_boxes, "_enc"
-        )
+        enc_logits = enc["pred_logits"]
+        if self.sampling_free:
+            # the proposal classifier is binary: only channel 0 (the objectness that selects the
+            # queries) is read; the other channels would add K - 1 always-negative logits per
+            # token to the guided sum and to the prior
+            enc_logits = enc_logits[..., :1]
+        losses |= self._layer(enc_logits, enc["pred_boxes"], enc_pairs, binary, num_boxes, "_enc")
+        if self.sampling_free:
+            return self._sampling_free_losses(losses)
         return losses

@@ -8,11 +8,16 @@ class) pairs and runs class-wise NMS.
 
 Boxes inside the model are normalised (cx, cy, w, h) of each image's unpadded input; detections
 come out in xyxy pixels of the requested output size.
+
+``MODEL.SAMPLING_FREE.ENABLED`` trains with Sampling-Free classification instead of the focal
+loss (``DETACriterion``), with the classifier priors of ``sampling_free_prior_counts`` /
+``set_sampling_free_prior``; an extrapolation, see ``projects/deta/README.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -29,7 +34,7 @@ from assigndet.structures import ImageList, Instances
 
 from .criterion import DETACriterion
 from .position_encoding import sine_position_encoding
-from .transformer import DeformableTransformer, inverse_sigmoid
+from .transformer import DeformableTransformer, encoder_anchor_logits, inverse_sigmoid
 
 __all__ = ["DETA", "MLP", "deta_postprocess"]
 
@@ -101,6 +106,11 @@ def _padding_mask(images: ImageList) -> Tensor:
     return mask
 
 
+def _level_mask(image_mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """The padding mask Tensor[B, H, W] bool resized (nearest) to one level's ``size``."""
+    return F.interpolate(image_mask[None].float(), size=size)[0].to(torch.bool)
+
+
 @META_ARCH_REGISTRY.register()
 class DETA(nn.Module):
     """Two-stage deformable DETR with box refinement, trained with IoU assignment (see the module
@@ -109,6 +119,14 @@ class DETA(nn.Module):
     Training returns the weighted losses of ``DETACriterion``; inference returns
     ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]`` at each input's
     "height"/"width".
+
+    Sampling-Free (``MODEL.SAMPLING_FREE.ENABLED``): two sigmoid classifiers, ``"deta_dec"``
+    (the class heads of all decoder layers) and ``"deta_enc"`` (the proposal head), each with
+    its prior and its guided scaling. Their biases start at ``prior_bias(PRIOR_PROB)`` when
+    ``MODEL.SAMPLING_FREE.PRIOR_PROB`` > 0, at 0 when ``PRIOR_INIT`` is False, and otherwise at
+    ``MODEL.DETA.PRIOR_PROB``'s until ``set_sampling_free_prior``. Inference is unchanged: it
+    has no score threshold (top-k, NMS, the first ``TEST.DETECTIONS_PER_IMAGE``) that
+    ``SCORE_THRESH_TEST`` could replace.
     """
 
     def __init__(self, cfg: CfgNode) -> None:
@@ -169,7 +187,14 @@ class DETA(nn.Module):
         num_heads = d.DEC_LAYERS + 1
         self.class_embed = nn.ModuleList(nn.Linear(hidden, d.NUM_CLASSES) for _ in range(num_heads))
         self.bbox_embed = nn.ModuleList(MLP(hidden, hidden, 4, 3) for _ in range(num_heads))
+        sf = cfg.MODEL.SAMPLING_FREE
+        self.sampling_free = sf.ENABLED
+        self.sf_prior_init = sf.PRIOR_INIT
         bias = prior_bias(d.PRIOR_PROB)
+        if sf.ENABLED and not sf.PRIOR_INIT:
+            bias = 0.0
+        elif sf.ENABLED and sf.PRIOR_PROB > 0:
+            bias = prior_bias(sf.PRIOR_PROB)
         for cls_head, box_head in zip(self.class_embed, self.bbox_embed):
             nn.init.constant_(cls_head.bias, bias)
             nn.init.zeros_(box_head.layers[-1].weight)
@@ -194,6 +219,10 @@ class DETA(nn.Module):
             cost_class=d.COST_CLASS,
             cost_bbox=d.COST_BBOX,
             cost_giou=d.COST_GIOU,
+            sampling_free=sf.ENABLED,
+            guided=sf.GUIDED,
+            guidance=sf.GUIDANCE,
+            delta_clamp=tuple(sf.DELTA_CLAMP),
         )
 
     @property
@@ -227,6 +256,51 @@ class DETA(nn.Module):
             targets.append({"labels": inst.gt_classes.long(), "boxes": boxes})
         return targets
 
+    def level_shapes(self, padded_size: tuple[int, int]) -> list[tuple[int, int]]:
+        """(H_l, W_l) of every transformer level for a padded batch of ``padded_size``, without
+        running the network: ceil(size / stride) (3x3 stride-2 convs with padding 1 and the
+        ResNet stages round up), the extra levels doubling the last backbone stride."""
+        shapes = self.backbone.output_shape()
+        strides = [shapes[f].stride for f in self.in_features]
+        while len(strides) < len(self.input_proj):
+            strides.append(strides[-1] * 2)
+        return [tuple(math.ceil(x / s) for x in padded_size) for s in strides]
+
+    @torch.no_grad()
+    def sampling_free_prior_counts(
+        self, batched_inputs: list[dict[str, Any]]
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """(positive, all) binary outputs of ``"deta_dec"`` and ``"deta_enc"`` in this batch,
+        from the label assignment alone (see ``DETACriterion.sampling_free_prior_counts``):
+        the encoder's from the fixed anchors, the decoder's an approximation from the GT count
+        (its real assignment depends on the predicted proposals). Empty unless Sampling-Free
+        with ``PRIOR_INIT`` is on."""
+        if not (self.sampling_free and self.sf_prior_init):
+            return {}
+        images = self.preprocess_image(batched_inputs)
+        gt = model_io.gt_instances(batched_inputs, self.device, type(self).__name__)
+        targets = self.prepare_targets(gt, images.image_sizes)
+        image_mask = _padding_mask(images)
+        shapes = self.level_shapes(tuple(images.tensor.shape[-2:]))
+        padding_mask = torch.cat([_level_mask(image_mask, hw).flatten(1) for hw in shapes], 1)
+        anchors = encoder_anchor_logits(padding_mask, shapes).sigmoid()
+        return self.criterion.sampling_free_prior_counts(
+            anchors, targets, self.transformer.num_queries
+        )
+
+    def set_sampling_free_prior(self, priors: Mapping[str, float]) -> None:
+        """Set the class-head biases to ``prior_bias(p)``: ``"deta_dec"`` every decoder layer's
+        head, ``"deta_enc"`` the proposal head (all its channels; only channel 0 is trained)."""
+        heads = {"deta_dec": self.class_embed[:-1], "deta_enc": self.class_embed[-1:]}
+        unknown = sorted(set(priors) - set(heads))
+        if unknown:
+            raise KeyError(f"DETA.set_sampling_free_prior: unknown classifiers {unknown}; "
+                           f"known: {sorted(heads)}")
+        with torch.no_grad():
+            for name, prob in priors.items():
+                for head in heads[name]:
+                    head.bias.fill_(prior_bias(prob))
+
     def backbone_features(self, images: ImageList) -> dict[str, list[Tensor]]:
         """The transformer's inputs: per level, the projected map ``srcs`` [B, C, H_l, W_l], the
         padding ``masks`` [B, H_l, W_l] and the sine ``pos_embeds`` [B, C, H_l, W_l]."""
@@ -239,7 +313,7 @@ class DETA(nn.Module):
             srcs.append(extra)
         masks, pos_embeds = [], []
         for src in srcs:
-            mask = F.interpolate(image_mask[None].float(), size=src.shape[-2:])[0].to(torch.bool)
+            mask = _level_mask(image_mask, src.shape[-2:])
             masks.append(mask)
             pos_embeds.append(sine_position_encoding(mask, src.shape[1] // 2).to(src.dtype))
         return {"srcs": srcs, "masks": masks, "pos_embeds": pos_embeds}

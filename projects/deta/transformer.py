@@ -31,6 +31,7 @@ __all__ = [
     "DeformableTransformerDecoderLayer",
     "DeformableTransformerEncoder",
     "DeformableTransformerEncoderLayer",
+    "encoder_anchor_logits",
     "inverse_sigmoid",
 ]
 
@@ -45,6 +46,47 @@ def _level_shapes(spatial_shapes: Tensor | Sequence[Sequence[int]]) -> list[tupl
     if isinstance(spatial_shapes, Tensor):
         spatial_shapes = spatial_shapes.tolist()
     return [(int(h), int(w)) for h, w in spatial_shapes]
+
+
+def encoder_anchor_logits(
+    padding_mask: Tensor,
+    spatial_shapes: Tensor | Sequence[Sequence[int]],
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Inverse sigmoid of the fixed anchors of the encoder tokens; +inf for invalid tokens.
+
+    The anchor of pixel (i, j) at level l is ((j + 0.5) / validW_l, (i + 0.5) / validH_l,
+    0.05 * 2^l, 0.05 * 2^l), relative to the valid area. It is valid when the token is unpadded
+    and all four coordinates lie in (0.01, 0.99). The anchors depend on the padding and the level
+    shapes only, not on the features.
+
+    Args:
+        padding_mask: Tensor[B, S] bool, True at padded tokens (levels flattened row-major).
+        spatial_shapes: Tensor[L, 2] (or a list) of (H_l, W_l), with S = sum H_l * W_l.
+        dtype: floating dtype of the result.
+
+    Returns:
+        Tensor[B, S, 4] (cx, cy, w, h) logits; ``sigmoid`` of an invalid token's is (1, 1, 1, 1).
+    """
+    b = padding_mask.shape[0]
+    device = padding_mask.device
+    proposals, start = [], 0
+    for lvl, (h, w) in enumerate(_level_shapes(spatial_shapes)):
+        level_mask = padding_mask[:, start : start + h * w].view(b, h, w)
+        valid_h = (~level_mask[:, :, 0]).sum(1)[:, None, None]
+        valid_w = (~level_mask[:, 0, :]).sum(1)[:, None, None]
+        ys = torch.arange(h, dtype=dtype, device=device) + 0.5
+        xs = torch.arange(w, dtype=dtype, device=device) + 0.5
+        ys, xs = torch.meshgrid(ys, xs, indexing="ij")
+        cx = xs[None] / valid_w
+        cy = ys[None] / valid_h
+        size = torch.full_like(cx, 0.05 * 2.0**lvl)
+        proposals.append(torch.stack((cx, cy, size, size), dim=-1).view(b, h * w, 4))
+        start += h * w
+    proposals = torch.cat(proposals, dim=1)
+    valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1) & ~padding_mask
+    proposal_logits = torch.log(proposals / (1 - proposals))
+    return proposal_logits.masked_fill(~valid[..., None], float("inf"))
 
 
 class DeformableTransformerEncoderLayer(nn.Module):
@@ -612,10 +654,8 @@ class DeformableTransformer(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Fixed anchors of the encoder tokens and the memory that the proposal heads read.
 
-        The anchor of pixel (i, j) at level l is ((j + 0.5) / validW_l, (i + 0.5) / validH_l,
-        0.05 * 2^l, 0.05 * 2^l), relative to the valid area. It is valid when the token is
-        unpadded and all four coordinates lie in (0.01, 0.99). Invalid tokens get +inf logits and
-        a zeroed memory before ``enc_output`` and ``enc_output_norm``.
+        The anchors are ``encoder_anchor_logits``. Invalid tokens get +inf logits and a zeroed
+        memory before ``enc_output`` and ``enc_output_norm``.
 
         Args:
             memory: Tensor[B, S, C] encoder output.
@@ -627,25 +667,9 @@ class DeformableTransformer(nn.Module):
             proposal_logits: Tensor[B, S, 4], inverse sigmoid of the anchors (+inf if invalid), in
                 float32 or the wider dtype of memory.
         """
-        b = memory.shape[0]
         dtype = torch.promote_types(memory.dtype, torch.float32)
-        proposals, start = [], 0
-        for lvl, (h, w) in enumerate(_level_shapes(spatial_shapes)):
-            level_mask = padding_mask[:, start : start + h * w].view(b, h, w)
-            valid_h = (~level_mask[:, :, 0]).sum(1)[:, None, None]
-            valid_w = (~level_mask[:, 0, :]).sum(1)[:, None, None]
-            ys = torch.arange(h, dtype=dtype, device=memory.device) + 0.5
-            xs = torch.arange(w, dtype=dtype, device=memory.device) + 0.5
-            ys, xs = torch.meshgrid(ys, xs, indexing="ij")
-            cx = xs[None] / valid_w
-            cy = ys[None] / valid_h
-            size = torch.full_like(cx, 0.05 * 2.0**lvl)
-            proposals.append(torch.stack((cx, cy, size, size), dim=-1).view(b, h * w, 4))
-            start += h * w
-        proposals = torch.cat(proposals, dim=1)
-        valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1) & ~padding_mask
-        proposal_logits = torch.log(proposals / (1 - proposals))
-        proposal_logits = proposal_logits.masked_fill(~valid[..., None], float("inf"))
+        proposal_logits = encoder_anchor_logits(padding_mask, spatial_shapes, dtype)
+        valid = torch.isfinite(proposal_logits).all(-1)
         output_memory = memory.masked_fill(~valid[..., None], 0.0)
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
         return output_memory, proposal_logits

@@ -176,6 +176,25 @@ class GeneralizedRCNN(nn.Module):
             )
         return [x["proposals"].to(self.device) for x in batched_inputs], {}
 
+    @torch.no_grad()
+    def sampling_free_prior_counts(
+        self, batched_inputs: list[dict[str, Any]]
+    ) -> dict[str, tuple[Any, Any]]:
+        """The Sampling-Free prior counts of the first stage's sigmoid classifiers for a
+        training batch (see ``assigndet.engine.prior_estimation``); empty when the proposal
+        generator has none. The softmax RoI classifier keeps its zero bias, as the official
+        Sampling-Free code."""
+        counts = getattr(self.proposal_generator, "sampling_free_prior_counts", None)
+        if counts is None:
+            return {}
+        images = self.preprocess_image(batched_inputs)
+        return counts(images, model_io.gt_instances(batched_inputs, self.device, "GeneralizedRCNN"))
+
+    def set_sampling_free_prior(self, priors: dict[str, float]) -> None:
+        """Set the biases of the classifiers named in ``priors`` to their prior."""
+        if priors:
+            self.proposal_generator.set_sampling_free_prior(priors)
+
     def preprocess_image(self, batched_inputs: list[dict[str, Any]]) -> ImageList:
         """Normalise the images and pad them into one batch (multiples of size_divisibility)."""
         return model_io.batch_images(
