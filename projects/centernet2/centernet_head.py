@@ -17,8 +17,7 @@ from torch import Tensor, nn
 from assigndet.config import configurable
 from assigndet.layers import ShapeSpec, get_norm, prior_bias
 from assigndet.modeling.heads import Scale
-
-from .config import sampling_free_initial_prior
+from assigndet.modeling.losses import sampling_free_initial_prior
 
 __all__ = ["CenterNetHead", "centernet_tower"]
 

@@ -12,21 +12,6 @@ builders raise ``NotImplementedError`` when set to anything but their default.
 from assigndet.config import CfgNode, register_config_adder
 
 
-def sampling_free_initial_prior(cfg: CfgNode, default: float) -> float:
-    """Initial sigmoid probability of a classifier that Sampling-Free trains.
-
-    ``default`` (the head's usual prior) without ``MODEL.SAMPLING_FREE.ENABLED``; else 0.5 (bias
-    0, the plain cross-entropy start) when ``PRIOR_INIT`` is off, ``PRIOR_PROB`` when it is > 0,
-    and ``default`` until an estimate is set through ``set_sampling_free_prior`` otherwise.
-    """
-    sf = cfg.MODEL.SAMPLING_FREE
-    if not sf.ENABLED:
-        return default
-    if not sf.PRIOR_INIT:
-        return 0.5
-    return sf.PRIOR_PROB if sf.PRIOR_PROB > 0 else default
-
-
 @register_config_adder
 def add_centernet_config(cfg: CfgNode) -> None:
     """Add ``MODEL.CENTERNET`` and the CenterNet2 ``MODEL.ROI_BOX_HEAD`` keys."""

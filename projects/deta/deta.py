@@ -28,6 +28,7 @@ from torchvision.ops import box_convert
 from assigndet.config import CfgNode
 from assigndet.layers import prior_bias
 from assigndet.modeling import META_ARCH_REGISTRY, build_backbone
+from assigndet.modeling.losses import sampling_free_initial_prior
 from assigndet.modeling.meta_arch import model_io
 from assigndet.ops import batched_nms
 from assigndet.structures import ImageList, Instances
@@ -190,11 +191,8 @@ class DETA(nn.Module):
         sf = cfg.MODEL.SAMPLING_FREE
         self.sampling_free = sf.ENABLED
         self.sf_prior_init = sf.PRIOR_INIT
-        bias = prior_bias(d.PRIOR_PROB)
-        if sf.ENABLED and not sf.PRIOR_INIT:
-            bias = 0.0
-        elif sf.ENABLED and sf.PRIOR_PROB > 0:
-            bias = prior_bias(sf.PRIOR_PROB)
+        prior = sampling_free_initial_prior(cfg, d.PRIOR_PROB) if sf.ENABLED else d.PRIOR_PROB
+        bias = prior_bias(prior)
         for cls_head, box_head in zip(self.class_embed, self.bbox_embed):
             nn.init.constant_(cls_head.bias, bias)
             nn.init.zeros_(box_head.layers[-1].weight)

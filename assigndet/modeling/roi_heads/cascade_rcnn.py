@@ -24,11 +24,12 @@ from torch.autograd.function import Function
 from ...config import CfgNode, configurable
 from ...layers import ShapeSpec
 from ...structures import Instances, clip_boxes_, nonempty_boxes
+from ...utils.events import current_event_storage
 from ..box_regression import Box2BoxTransform
 from ..matcher import Matcher
 from ..poolers import ROIPooler
 from .box_head import build_box_head
-from .fast_rcnn import FastRCNNOutputLayers, current_event_storage, log_sampling_free_stats
+from .fast_rcnn import FastRCNNOutputLayers, log_sampling_free_stats
 from .roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, pairwise_iou
 
 __all__ = ["CascadeROIHeads"]

@@ -25,7 +25,7 @@ from ...config import CfgNode, configurable
 from ...layers import ShapeSpec, cat
 from ...ops import batched_nms
 from ...structures import Instances, clip_boxes_
-from ...utils.events import EventStorage, get_event_storage
+from ...utils.events import current_event_storage
 from ..box_regression import Box2BoxTransform
 from ..losses.sampling_free import GUIDANCE_MODES, guidance_ratio
 
@@ -49,15 +49,6 @@ _IOU_LOSSES = {
     "diou": distance_box_iou_loss,
     "ciou": complete_box_iou_loss,
 }
-
-
-def current_event_storage() -> EventStorage | None:
-    """The current ``EventStorage``, or None outside of one (so heads also run outside a
-    trainer; detectron2 requires one in training)."""
-    try:
-        return get_event_storage()
-    except RuntimeError:
-        return None
 
 
 def fast_rcnn_inference(

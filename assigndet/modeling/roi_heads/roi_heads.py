@@ -25,11 +25,12 @@ from torchvision.ops import box_iou
 from ...config import CfgNode, configurable
 from ...layers import ShapeSpec
 from ...structures import ImageList, Instances
+from ...utils.events import current_event_storage
 from ..matcher import Matcher
 from ..poolers import ROIPooler
 from ..sampling import subsample_labels
 from .box_head import build_box_head
-from .fast_rcnn import FastRCNNOutputLayers, current_event_storage, log_sampling_free_stats
+from .fast_rcnn import FastRCNNOutputLayers, log_sampling_free_stats
 
 __all__ = [
     "ROI_HEADS_REGISTRY",
