@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from test_centernet2 import _tiny_centernet2_cfg as tiny_centernet2_cfg
 
 from assigndet.layers import prior_bias
 from assigndet.modeling import build_model
@@ -21,17 +22,8 @@ from assigndet.utils.testing import random_detection_batch, tiny_dense_detector_
 
 
 def _tiny_centernet2_cfg(sampling_free: bool = True, roi_heads: str = "CustomCascadeROIHeads"):
-    cfg = tiny_dense_detector_cfg("GeneralizedRCNN", num_classes=3, top_levels=2)
-    cfg.merge_from_file("configs/Base-CenterNet2.yaml")
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
-        "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-        "MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", 0, "MODEL.FPN.OUT_CHANNELS", 32,
-        "MODEL.CENTERNET.NUM_BOX_CONVS", 1, "MODEL.CENTERNET.POST_NMS_TOPK_TRAIN", 64,
-        "MODEL.ROI_HEADS.NAME", roi_heads, "MODEL.ROI_HEADS.NUM_CLASSES", 3,
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32, "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
-        "MODEL.SAMPLING_FREE.ENABLED", sampling_free,
-    ])  # fmt: skip
+    cfg = tiny_centernet2_cfg(roi_heads)
+    cfg.MODEL.SAMPLING_FREE.ENABLED = sampling_free
     return cfg
 
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
+from test_deta_model import _tiny_deta_cfg as tiny_deta_cfg
 
-from assigndet.config import get_cfg
 from assigndet.layers import prior_bias
 from assigndet.modeling import build_model
 from assigndet.projects.deta.criterion import DETACriterion, deta_layer_losses
@@ -34,20 +34,8 @@ def bce_sum(logits: torch.Tensor, onehot: list[list[int]]) -> float:
 
 
 def _tiny_cfg(*sf_opts):
-    cfg = get_cfg()
-    cfg.merge_from_file("configs/Base-DETA.yaml")
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
-        "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 32,
-        "MODEL.RESNETS.STEM_OUT_CHANNELS", 32,
-        "MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", 0,
-        "MODEL.DETA.NUM_CLASSES", 3, "MODEL.DETA.HIDDEN_DIM", 32, "MODEL.DETA.NHEADS", 2,
-        "MODEL.DETA.NUM_FEATURE_LEVELS", 4, "MODEL.DETA.ENC_LAYERS", 1,
-        "MODEL.DETA.DEC_LAYERS", 2, "MODEL.DETA.DIM_FEEDFORWARD", 64,
-        "MODEL.DETA.ENC_N_POINTS", 2, "MODEL.DETA.DEC_N_POINTS", 2,
-        "MODEL.DETA.NUM_QUERIES", 20, "TEST.DETECTIONS_PER_IMAGE", 10,
-        *sf_opts,
-    ])  # fmt: skip
+    cfg = tiny_deta_cfg("iou")
+    cfg.merge_from_list(list(sf_opts))
     return cfg
 
 
