@@ -13,7 +13,6 @@ the soft gaussian targets over every location (no focal loss), each guided by th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +24,7 @@ from assigndet.config import CfgNode, configurable
 from assigndet.layers import ShapeSpec
 from assigndet.modeling.box_ops import ltrb_to_boxes
 from assigndet.modeling.losses.sampling_free import GuidedLossScaling
-from assigndet.modeling.meta_arch.fcos import compute_locations
+from assigndet.modeling.meta_arch.fcos import compute_locations, padded_feature_sizes
 from assigndet.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY
 from assigndet.ops import batched_nms
 from assigndet.structures import ImageList, Instances
@@ -432,15 +431,10 @@ class CenterNet(nn.Module):
                 ("loss_centernet_agn", getattr(self, "sf_agn_guidance", None)),
             ):
                 if key in losses and guidance is not None:
-                    guided = guidance(losses[key], losses["loss_centernet_loc"])
-                    losses[key] = guided["loss_cls"]
-                    losses[f"{key}_delta"] = guided["loss_delta"]
+                    losses = guidance.apply_to(
+                        losses, key, ["loss_centernet_loc"], f"{key}_delta"
+                    )
         return losses
-
-    def feature_shapes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
-        """(H_l, W_l) of every level for a padded batch of size ``image_size`` (ceil(H / s))."""
-        height, width = image_size
-        return [(math.ceil(height / s), math.ceil(width / s)) for s in self.strides]
 
     @torch.no_grad()
     def sampling_free_prior_counts(
@@ -461,7 +455,7 @@ class CenterNet(nn.Module):
             ``{"centernet_cls": (N^f, N)}`` (with the class heatmap); N = locations x channels,
             float64 scalar tensors.
         """
-        shapes = self.feature_shapes(tuple(images.tensor.shape[-2:]))
+        shapes = padded_feature_sizes(tuple(images.tensor.shape[-2:]), self.strides)
         device = images.tensor.device
         points = compute_locations(shapes, self.strides, device)
         gt_boxes = [inst.gt_boxes.float().to(device) for inst in gt_instances]

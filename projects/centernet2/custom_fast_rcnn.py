@@ -11,12 +11,8 @@ from torch import Tensor, nn
 
 from assigndet.config import CfgNode, configurable
 from assigndet.layers import ShapeSpec, prior_bias
-from assigndet.modeling.losses.sampling_free import (
-    sampling_free_initial_prior,
-)
-from assigndet.modeling.losses.sampling_free import (
-    sigmoid_ce_loss as exact_sigmoid_ce_sum,
-)
+from assigndet.modeling.losses.sampling_free import sampling_free_initial_prior
+from assigndet.modeling.losses.sampling_free import sigmoid_ce_loss as exact_sigmoid_ce_sum
 from assigndet.modeling.roi_heads import FastRCNNOutputLayers
 from assigndet.structures import Instances
 

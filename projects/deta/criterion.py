@@ -296,6 +296,17 @@ class DETACriterion(nn.Module):
                 guidance=guidance, delta_clamp=delta_clamp, name="deta_enc"
             )
 
+    def _encoder_pairs(self, anchors: Tensor, gt_boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """Stage-1 IoU assignment of one image's ``[S, 4]`` anchors to its ``[G, 4]`` GT."""
+        return stage1_assign(
+            anchors,
+            gt_boxes.to(anchors.device),
+            iou_thresholds=self.stage1_iou_thresholds,
+            batch_size_per_image=self.stage1_batch_size,
+            positive_fraction=self.stage1_positive_fraction,
+            max_k=self.max_k,
+        )
+
     def _hungarian(
         self, logits: Tensor, boxes: Tensor, targets: Sequence[Mapping[str, Tensor]]
     ) -> list[Pairs]:
@@ -388,14 +399,7 @@ class DETACriterion(nn.Module):
         for i, t in enumerate(targets):
             g = int(t["labels"].shape[0])
             if self.matcher == "iou":
-                query_idx, _ = stage1_assign(
-                    anchors[i],
-                    t["boxes"].to(anchors.device),
-                    iou_thresholds=self.stage1_iou_thresholds,
-                    batch_size_per_image=self.stage1_batch_size,
-                    positive_fraction=self.stage1_positive_fraction,
-                    max_k=self.max_k,
-                )
+                query_idx, _ = self._encoder_pairs(anchors[i], t["boxes"])
                 enc_fg += int(torch.unique(query_idx).numel())  # a token in two pairs is one
                 per_gt = self.max_k if self.max_k is not None else 1
                 dec_fg += min(g * per_gt, int(num_queries * self.stage2_positive_fraction))
@@ -520,14 +524,7 @@ class DETACriterion(nn.Module):
                     f"{_shape(anchors)}"
                 )
             enc_pairs = [
-                stage1_assign(
-                    anchors[i].detach(),
-                    t["boxes"].to(anchors.device),
-                    iou_thresholds=self.stage1_iou_thresholds,
-                    batch_size_per_image=self.stage1_batch_size,
-                    positive_fraction=self.stage1_positive_fraction,
-                    max_k=self.max_k,
-                )
+                self._encoder_pairs(anchors[i].detach(), t["boxes"])
                 for i, t in enumerate(targets)
             ]
         else:

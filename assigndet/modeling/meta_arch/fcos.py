@@ -27,7 +27,7 @@ from ..losses.sampling_free import GuidedLossScaling, sampling_free_initial_prio
 from . import model_io
 from .build import META_ARCH_REGISTRY
 
-__all__ = ["FCOS", "compute_locations", "flatten_levels"]
+__all__ = ["FCOS", "compute_locations", "flatten_levels", "padded_feature_sizes"]
 
 
 def compute_locations(
@@ -49,6 +49,15 @@ def compute_locations(
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
         locations.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1))
     return locations
+
+
+def padded_feature_sizes(
+    image_size: tuple[int, int], strides: list[int]
+) -> list[tuple[int, int]]:
+    """(H_l, W_l) of each level for a padded batch of ``image_size``, without running the
+    backbone: ceil(size / stride), as its stride-2 convolutions give."""
+    height, width = image_size
+    return [(-(-height // s), -(-width // s)) for s in strides]
 
 
 def flatten_levels(maps: list[Tensor]) -> Tensor:
@@ -387,8 +396,7 @@ class FCOS(nn.Module):
             ``{"cls": (number of positive locations, N x R x K)}``.
         """
         images = self.preprocess_image(batched_inputs)
-        height, width = images.tensor.shape[-2:]
-        sizes = [(-(-height // s), -(-width // s)) for s in self.fpn_strides]
+        sizes = padded_feature_sizes(tuple(images.tensor.shape[-2:]), self.fpn_strides)
         locations = compute_locations(sizes, self.fpn_strides, self.device)
         labels = self.label_locations(locations, self.gt_instances(batched_inputs)).labels
         num_fg = ((labels >= 0) & (labels < self.num_classes)).sum()

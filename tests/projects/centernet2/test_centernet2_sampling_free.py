@@ -13,7 +13,7 @@ from assigndet.layers import prior_bias
 from assigndet.modeling import build_model
 from assigndet.modeling.box_regression import Box2BoxTransform
 from assigndet.modeling.meta_arch import model_io
-from assigndet.modeling.meta_arch.fcos import compute_locations
+from assigndet.modeling.meta_arch.fcos import compute_locations, padded_feature_sizes
 from assigndet.modeling.roi_heads import FastRCNNOutputLayers
 from assigndet.projects.centernet2.centernet_targets import heatmap_positive_indices
 from assigndet.structures import Instances
@@ -207,10 +207,10 @@ def test_prior_counts_by_hand_and_feature_sizes():
     # feature sizes: ceil(H / s) of the padded batch, as the backbone gives them
     features = model.backbone(images.tensor)
     real = [tuple(features[f].shape[-2:]) for f in pg.in_features]
-    assert pg.feature_shapes(tuple(images.tensor.shape[-2:])) == real
+    assert padded_feature_sizes(tuple(images.tensor.shape[-2:]), pg.strides) == real
     odd = torch.zeros(1, 3, 200, 328)
     real_odd = [tuple(model.backbone(odd)[f].shape[-2:]) for f in pg.in_features]
-    assert pg.feature_shapes((200, 328)) == real_odd
+    assert padded_feature_sizes((200, 328), pg.strides) == real_odd
 
     # N: every location of both images, one channel
     assert num.item() == 2 * sum(h * w for h, w in real)
