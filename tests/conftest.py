@@ -1,13 +1,22 @@
-"""Suite-wide set-up: seeded randomness and a private dataset root."""
+"""Suite-wide set-up: one CPU thread, seeded randomness and a private dataset root."""
 
 import os
 import random
 import shutil
 import tempfile
 
-import numpy as np
-import pytest
-import torch
+# Float reductions are split across threads, so results depend on the thread count, which by
+# default is the machine's core count. Pin it for this process and, through the environment, for
+# every process a test spawns (DDP ranks, train_net.py subprocesses), so that no result depends on
+# the machine.
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_variable] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 # Generated datasets go to a private folder, never into the working tree. Set before any test
 # imports assigndet.data, whose builtin datasets read this variable.

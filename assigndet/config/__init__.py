@@ -37,11 +37,20 @@ def get_cfg() -> CfgNode:
 
 def load_config(config_file: str = "", opts: list[str] | None = None) -> CfgNode:
     """The build order of every entry point: ``get_cfg()``, the file (if any), the ``KEY VALUE``
-    overrides; frozen."""
+    overrides; frozen.
+
+    The ``NUM_CLASSES`` keys that neither the file nor the overrides set are taken from the
+    datasets' ``thing_classes``, and those that are set are checked against them
+    (``assigndet.data.num_classes``).
+    """
+    from assigndet.data.num_classes import mark_num_classes_unset, resolve_num_classes
+
     cfg = get_cfg()
+    defaults = mark_num_classes_unset(cfg)
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts or []))
+    resolve_num_classes(cfg, defaults)
     cfg.freeze()
     return cfg
 

@@ -1,10 +1,39 @@
-"""Global catalogs: dataset name -> function returning dataset dicts, and name -> metadata."""
+"""Global catalogs: dataset name -> function returning dataset dicts, and name -> metadata.
+
+A name of the form ``coco:JSON:IMAGES`` (a COCO instances json and its image folder) needs no
+registration: both catalogs register it on first use, in whichever process asks.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import UserDict
 from collections.abc import Callable
 from typing import Any
+
+COCO_SPEC_PREFIX = "coco:"
+
+
+def _register_if_spec(name: str) -> None:
+    if name.startswith(COCO_SPEC_PREFIX) and name not in DatasetCatalog:
+        from .datasets.coco import register_coco_spec
+
+        register_coco_spec(name)
+
+
+def _not_registered_hint() -> str:
+    hint = (
+        "Register a dataset at import time or in the function that launch() runs (main() of "
+        "train_net.py), or name a COCO-format dataset directly as "
+        "'coco:path/to/instances.json:path/to/images'."
+    )
+    if multiprocessing.parent_process() is not None:
+        hint = (
+            "This process was started by another (launch() with --num-gpus > 1, or a data "
+            "loader worker): datasets registered under `if __name__ == \"__main__\":` of the "
+            "starting script do not exist here. " + hint
+        )
+    return hint
 
 
 class _DatasetCatalog(UserDict):
@@ -23,11 +52,13 @@ class _DatasetCatalog(UserDict):
         self[name] = func
 
     def get(self, name: str) -> list[dict]:  # type: ignore[override]
+        _register_if_spec(name)
         try:
             func = self[name]
         except KeyError as e:
             raise KeyError(
-                f"Dataset '{name}' is not registered. Registered datasets: {', '.join(self.list())}"
+                f"Dataset '{name}' is not registered. Registered datasets: "
+                f"{', '.join(self.list())}. {_not_registered_hint()}"
             ) from e
         return func()
 
@@ -118,6 +149,7 @@ class _MetadataCatalog(UserDict):
     """Maps a dataset name to its ``Metadata``; ``get`` creates an empty one on first use."""
 
     def get(self, name: str) -> Metadata:  # type: ignore[override]
+        _register_if_spec(name)
         if name not in self:
             self[name] = Metadata(name=name)
         return self[name]

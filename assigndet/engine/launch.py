@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
+import shutil
+import tempfile
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -25,12 +26,6 @@ __all__ = ["DEFAULT_TIMEOUT", "default_dist_url", "launch"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 logger = logging.getLogger(__name__)
-
-
-def _find_free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
 
 
 def default_dist_url() -> str:
@@ -58,8 +53,9 @@ def launch(
         num_gpus_per_machine: processes per machine (GPUs, or CPU processes without CUDA).
         num_machines, machine_rank: the multi-node layout;
             rank = machine_rank * num_gpus_per_machine + local rank.
-        dist_url: rendezvous address, e.g. ``tcp://10.0.0.1:12345``; ``"auto"`` picks a free port on
-            this machine (single machine only); ``None`` derives one from the user id.
+        dist_url: rendezvous address, e.g. ``tcp://10.0.0.1:12345``; ``"auto"`` meets through a
+            file in a fresh temporary folder (one machine only: no port to pick, so no race with
+            other jobs for it); ``None`` derives a port from the user id.
     """
     if _running_under_torchrun() and not comm.is_distributed():
         _init_from_torchrun(timeout)
@@ -71,19 +67,25 @@ def launch(
         return
     if dist_url is None:
         dist_url = default_dist_url()
+    rendezvous_dir = None
     if dist_url == "auto":
         if num_machines != 1:
-            raise ValueError('dist_url="auto" picks a local port and works on one machine only')
-        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+            raise ValueError('dist_url="auto" meets through a local file: one machine only')
+        rendezvous_dir = tempfile.mkdtemp(prefix="assigndet-rendezvous-")
+        dist_url = f"file://{os.path.join(rendezvous_dir, 'store')}"
     if num_machines > 1 and dist_url.startswith("file://"):
         logger.warning("file:// rendezvous across machines needs a shared file system")
-    mp.start_processes(
-        _distributed_worker,
-        nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
-        daemon=False,
-        start_method="spawn",
-    )
+    try:
+        mp.start_processes(
+            _distributed_worker,
+            nprocs=num_gpus_per_machine,
+            args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+            daemon=False,
+            start_method="spawn",
+        )
+    finally:
+        if rendezvous_dir is not None:
+            shutil.rmtree(rendezvous_dir, ignore_errors=True)
 
 
 def _backend() -> str:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
 from assigndet.config import CfgNode, get_cfg
 from assigndet.structures import Instances
 
-__all__ = ["random_detection_batch", "tiny_dense_detector_cfg"]
+__all__ = ["num_threads", "random_detection_batch", "tiny_dense_detector_cfg"]
 
 
 def tiny_dense_detector_cfg(
@@ -80,3 +81,18 @@ def random_detection_batch(
             item["width"] = round(output_scale * w)
         batch.append(item)
     return batch
+
+
+@contextmanager
+def num_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads, then restore the previous count.
+
+    Float reductions are split across threads, so a result is reproducible bit for bit only
+    against a reference computed with the same thread count.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,7 +1,5 @@
 """Two gloo processes train a ResNet-18 + FPN under DistributedDataParallel and stay in sync."""
 
-import socket
-
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -9,6 +7,7 @@ from assigndet.config import get_cfg
 from assigndet.engine.launch import launch
 from assigndet.modeling import build_backbone
 from assigndet.utils import comm
+from assigndet.utils.testing import num_threads
 
 WORLD_SIZE = 2
 LR = 0.1
@@ -38,8 +37,11 @@ def _loss(features: dict[str, torch.Tensor]) -> torch.Tensor:
     return sum((f**2).mean() for f in features.values())
 
 
+THREADS = 1  # every rank and the single-process reference: float sums depend on the split
+
+
 def _train_one_step(out_dir: str) -> None:
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     rank = comm.get_rank()
     assert comm.get_world_size() == WORLD_SIZE
     model = _model()
@@ -51,17 +53,11 @@ def _train_one_step(out_dir: str) -> None:
     torch.save(params, f"{out_dir}/rank{rank}.pt")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_ddp_step_keeps_ranks_identical(tmp_path):
     launch(
         _train_one_step,
         WORLD_SIZE,
-        dist_url=f"tcp://127.0.0.1:{_free_port()}",
+        dist_url="auto",
         args=(str(tmp_path),),
     )
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
@@ -70,12 +66,13 @@ def test_ddp_step_keeps_ranks_identical(tmp_path):
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
 
     # The same step in one process on the mean of the per-rank losses gives the same weights.
-    reference = _model()
-    initial = {k: v.detach().clone() for k, v in reference.named_parameters()}
-    optimizer = torch.optim.SGD(reference.parameters(), lr=LR)
-    loss = sum(_loss(reference(_inputs(r))) for r in range(WORLD_SIZE)) / WORLD_SIZE
-    loss.backward()
-    optimizer.step()
+    with num_threads(THREADS):
+        reference = _model()
+        initial = {k: v.detach().clone() for k, v in reference.named_parameters()}
+        optimizer = torch.optim.SGD(reference.parameters(), lr=LR)
+        loss = sum(_loss(reference(_inputs(r))) for r in range(WORLD_SIZE)) / WORLD_SIZE
+        loss.backward()
+        optimizer.step()
     for name, param in reference.named_parameters():
         assert torch.allclose(rank0[name], param, rtol=1e-4, atol=1e-6), name
     assert any(not torch.equal(rank0[k], initial[k]) for k in initial)

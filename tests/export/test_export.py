@@ -36,15 +36,6 @@ NUM_DETECTIONS = 40
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:FutureWarning")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the results do not depend on the CPU count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _session(path):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1

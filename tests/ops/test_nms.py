@@ -10,6 +10,7 @@ import torchvision
 
 from assigndet import ops
 from assigndet.ops import _extension
+from assigndet.utils.testing import num_threads
 
 HAS_CPU_KERNEL = hasattr(_extension._C, "nms_cpu")
 needs_kernel = pytest.mark.skipif(not HAS_CPU_KERNEL, reason="assigndet._C is not built")
@@ -106,13 +107,9 @@ def test_nms_50k_boxes():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_nms_same_result_with_helper_threads(threads):
     boxes, scores = random_boxes(6000), torch.rand(6000)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         keep = ops.nms(boxes, scores, 0.5)
         batched = ops.batched_nms(boxes, scores, torch.randint(0, 3, (6000,)), 0.5)
-    finally:
-        torch.set_num_threads(before)
     assert torch.equal(keep, torchvision.ops.nms(boxes, scores, 0.5))
     assert batched.numel() >= keep.numel()
 

@@ -2,7 +2,7 @@
 
 from .builtin import SHAPES_SPLITS, datasets_root, register_all_builtin
 from .builtin_meta import COCO_CATEGORIES
-from .coco import load_coco_json, register_coco_instances
+from .coco import load_coco_json, read_coco_categories, register_coco_instances
 from .shapes import SHAPES_CLASSES, generate_shapes_dataset
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "datasets_root",
     "generate_shapes_dataset",
     "load_coco_json",
+    "read_coco_categories",
     "register_all_builtin",
     "register_coco_instances",
 ]

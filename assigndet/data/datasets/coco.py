@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -13,7 +14,7 @@ from pycocotools.coco import COCO
 
 from assigndet.structures import BoxMode
 
-from ..catalog import DatasetCatalog, MetadataCatalog
+from ..catalog import COCO_SPEC_PREFIX, DatasetCatalog, MetadataCatalog
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +69,8 @@ def load_coco_json(
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
 
-    cat_ids = sorted(coco.getCatIds())
-    cats = coco.loadCats(cat_ids)
-    thing_classes = [c["name"] for c in cats]
-    id_map = {cid: i for i, cid in enumerate(cat_ids)}
+    thing_classes, id_map = _categories(data["categories"], json_file)
+    cat_ids = list(id_map)
     if cat_ids != list(range(1, len(cat_ids) + 1)) and "coco" not in (dataset_name or ""):
         logger.warning(
             f"Category ids in {json_file} are not 1..{len(cat_ids)}; they are mapped to "
@@ -161,14 +160,65 @@ def load_coco_json(
     return dataset_dicts
 
 
+def read_coco_categories(json_file: str) -> tuple[list[str], dict[int, int]]:
+    """``(thing_classes, thing_dataset_id_to_contiguous_id)`` of a COCO json, as
+    ``load_coco_json`` derives them (category ids sorted, mapped to ``0..K-1``)."""
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"COCO json file not found: {json_file}")
+    with open(json_file) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{json_file} is not valid json: {e}") from e
+    if not isinstance(data, dict) or "categories" not in data:
+        raise ValueError(f"{json_file} is not a COCO instances json: it has no 'categories'")
+    return _categories(data["categories"], json_file)
+
+
+def _categories(categories: Any, json_file: str) -> tuple[list[str], dict[int, int]]:
+    if not isinstance(categories, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("id"), int) and "name" in c for c in categories
+    ):
+        raise ValueError(
+            f"{json_file}: 'categories' must be a list of {{'id': int, 'name': str, ...}}, "
+            f"got {str(categories)[:200]}"
+        )
+    by_id = sorted((c["id"], c["name"]) for c in categories)
+    return [name for _, name in by_id], {cid: i for i, (cid, _) in enumerate(by_id)}
+
+
 def register_coco_instances(
     name: str, metadata: dict[str, Any], json_file: str, image_root: str
 ) -> None:
     """Register a COCO-format dataset: ``name`` loads ``json_file`` lazily via ``load_coco_json``.
 
-    Its metadata gets ``json_file``, ``image_root``, ``evaluator_type="coco"`` and ``metadata``.
+    Its metadata gets ``json_file``, ``image_root``, ``evaluator_type="coco"`` and ``metadata``;
+    unless ``metadata`` gives them, ``thing_classes`` and ``thing_dataset_id_to_contiguous_id``
+    are read from the json's categories when first asked for (before the dataset is loaded).
     """
     DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name))
-    MetadataCatalog.get(name).set(
-        json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata
-    )
+    meta = MetadataCatalog.get(name)
+    meta.set(json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata)
+    if "thing_classes" not in metadata and "thing_dataset_id_to_contiguous_id" not in metadata:
+        categories = functools.lru_cache(maxsize=1)(lambda: read_coco_categories(json_file))
+        meta.set_lazy(
+            thing_classes=lambda: categories()[0],
+            thing_dataset_id_to_contiguous_id=lambda: categories()[1],
+        )
+
+
+def parse_coco_spec(spec: str) -> tuple[str, str]:
+    """``"coco:JSON:IMAGES"`` -> ``(JSON, IMAGES)``; raises ValueError naming the expected form."""
+    parts = spec[len(COCO_SPEC_PREFIX) :].split(":") if spec.startswith(COCO_SPEC_PREFIX) else []
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(
+            f"Dataset {spec!r} is not of the form 'coco:path/to/instances.json:path/to/images' "
+            "(two paths, neither containing ':')"
+        )
+    return parts[0], parts[1]
+
+
+def register_coco_spec(spec: str) -> None:
+    """Register the dataset named ``coco:JSON:IMAGES`` as ``register_coco_instances`` does."""
+    json_file, image_root = parse_coco_spec(spec)
+    register_coco_instances(spec, {}, json_file, image_root)
