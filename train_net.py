@@ -15,10 +15,9 @@ from __future__ import annotations
 import os
 
 import assigndet.projects  # noqa: F401  (methods register their meta-architectures)
-from assigndet.checkpoint import DetectionCheckpointer
 from assigndet.config import load_config
 from assigndet.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from assigndet.engine.defaults import check_weights_file
+from assigndet.engine.defaults import check_weights_file, load_inference_weights
 from assigndet.evaluation import verify_results
 from assigndet.utils import comm
 
@@ -42,8 +41,8 @@ def main(args):
         if not resuming:
             check_weights_file(cfg.MODEL.WEIGHTS)  # fail before the model is built
         model = Trainer.build_model(cfg)
-        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        # refuses no weights or a partial load unless MODEL.WEIGHTS_ALLOW_PARTIAL True
+        load_inference_weights(cfg, model, resume=args.resume)
         results = Trainer.test(cfg, model)
         if cfg.TEST.EXPECTED_RESULTS and comm.is_main_process():
             verify_results(cfg, results)

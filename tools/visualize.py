@@ -54,8 +54,6 @@ def main(argv: list[str] | None = None) -> list[str]:
     dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
     if dataset is None:
         raise ValueError("No dataset: pass --dataset or set DATASETS.TEST")
-    if not cfg.MODEL.WEIGHTS:
-        logger.warning("MODEL.WEIGHTS is empty: drawing the predictions of an untrained model")
     os.makedirs(args.output, exist_ok=True)
     written = []
     predictor = DefaultPredictor(cfg)

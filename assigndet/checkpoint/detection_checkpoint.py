@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from torch import nn
 
 from .c2_model_loading import ShapeMismatch, align_and_update_state_dicts, group_keys
 from .file_io import PathManager
-from .serialization import load_pkl, load_pth
+from .serialization import UnreadableCheckpointError, load_pkl, load_pth
 from .torchvision_loading import convert_torchvision_resnet, is_torchvision_resnet
 
 LAST_CHECKPOINT = "last_checkpoint"
@@ -87,6 +88,24 @@ def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) ->
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+# atomic_write's temporary files: "." + target name + "." + mkstemp's 8 characters + ".tmp"
+_TEMPORARY_FILE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporary_files(directory: str) -> list[str]:
+    """Remove what interrupted checkpoint saves left in ``directory`` (temporary files of
+    ``*.pth`` and ``last_checkpoint``); returns their paths."""
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        match = _TEMPORARY_FILE.match(name)
+        if match and (match["target"].endswith(".pth") or match["target"] == LAST_CHECKPOINT):
+            path = os.path.join(directory, name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed.append(path)
+    return removed
 
 
 def format_incompatible_keys(incompatible: IncompatibleKeys) -> str:
@@ -151,6 +170,9 @@ class DetectionCheckpointer(Checkpointer):
             data[key] = obj.state_dict()
         data.update(kwargs)
         os.makedirs(self.save_dir, exist_ok=True)
+        removed = remove_stale_temporary_files(self.save_dir)
+        if removed:
+            self.logger.info("Removed files of interrupted saves: %s", ", ".join(removed))
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)
         atomic_write(save_file, lambda f: torch.save(data, f))
@@ -170,22 +192,31 @@ class DetectionCheckpointer(Checkpointer):
     def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
         """Load weights (and the named checkpointables; all when None) from ``path``.
 
-        Returns the entries of the file not consumed (e.g. ``iteration``). Raises
-        FileNotFoundError naming ``path`` when it does not exist.
+        Returns the entries of the file not consumed (e.g. ``iteration``).
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist (named in the message).
+            UnreadableCheckpointError: it is not a checkpoint (text, truncated, other format);
+                the model is left untouched.
         """
         self.incompatible_keys = None
         if not path:
             self.logger.info("No checkpoint given; the model keeps its initialisation.")
             return {}
+        return self._apply(self._read(path), path, checkpointables)
+
+    def _read(self, path: str) -> dict[str, Any]:
         parsed = urlparse(path)
         queries = parse_qs(parsed.query)
         self._matching_heuristics_query = queries.get("matching_heuristics", ["False"]) == ["True"]
         if parsed.query:
             path = parsed._replace(query="").geturl()
-        local_path = self._local_path(path)
-
         self.logger.info("Loading checkpoint from %s", path)
-        checkpoint = self._load_file(local_path)
+        return self._load_file(self._local_path(path))
+
+    def _apply(
+        self, checkpoint: dict[str, Any], path: str, checkpointables: list[str] | None
+    ) -> dict[str, Any]:
         incompatible = self._load_model(checkpoint)
         self._log_incompatible_keys(incompatible)
         for key in self.checkpointables if checkpointables is None else checkpointables:
@@ -196,9 +227,19 @@ class DetectionCheckpointer(Checkpointer):
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """Resume from ``last_checkpoint`` in ``save_dir`` if ``resume`` and it exists (model and
-        checkpointables); otherwise load only the model weights from ``path`` (MODEL.WEIGHTS)."""
+        checkpointables); otherwise load only the model weights from ``path`` (MODEL.WEIGHTS).
+
+        A last checkpoint that cannot be read (missing, truncated...) is skipped with a warning
+        for the newest readable ``*.pth`` of ``save_dir``. Asked to resume with no
+        ``last_checkpoint``, it warns that it starts from ``path``."""
         if resume and self.has_checkpoint():
-            return self.load(self.get_checkpoint_file())
+            return self._resume_from_newest_readable()
+        if resume:
+            self.logger.warning(
+                "Asked to resume, but %s has no %s: starting from MODEL.WEIGHTS (%s) at "
+                "iteration 0", os.path.abspath(self.save_dir or "."), LAST_CHECKPOINT,
+                repr(path) if path else "empty: the model's own initialisation",
+            )
         try:
             return self.load(path, checkpointables=[])
         except FileNotFoundError as e:
@@ -206,6 +247,33 @@ class DetectionCheckpointer(Checkpointer):
                 f"{e} (set as the weights to load, MODEL.WEIGHTS; use a local file, an https:// "
                 "or detectron2:// URL, or '' to start from scratch)"
             ) from None
+
+    def _resume_from_newest_readable(self) -> dict[str, Any]:
+        last = self.get_checkpoint_file()
+        others = [
+            os.path.join(self.save_dir, name)
+            for name in os.listdir(self.save_dir)
+            if name.endswith(".pth") and os.path.join(self.save_dir, name) != last
+        ]
+        others.sort(key=lambda p: (os.path.getmtime(p), p), reverse=True)
+        failures = []
+        for candidate in [last, *others]:
+            self.incompatible_keys = None
+            try:
+                checkpoint = self._read(candidate)
+            except (FileNotFoundError, UnreadableCheckpointError) as e:
+                self.logger.warning("Cannot resume from %s: %s", candidate, e)
+                failures.append(f"{candidate}: {e}")
+                continue
+            if failures:
+                self.logger.warning(
+                    "Resuming from %s, the newest readable checkpoint, instead of %s (named by "
+                    "%s)", candidate, last, os.path.join(self.save_dir, LAST_CHECKPOINT),
+                )
+            return self._apply(checkpoint, candidate, None)
+        raise UnreadableCheckpointError(
+            f"No checkpoint in {self.save_dir} can be resumed from:\n" + "\n".join(failures)
+        )
 
     def _local_path(self, path: str) -> str:
         if os.path.isfile(path):

@@ -16,6 +16,9 @@ _C.MODEL = CfgNode()
 _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"  # registered meta-architecture to build
 _C.MODEL.DEVICE = "cuda"  # device the model runs on ("cuda" or "cpu")
 _C.MODEL.WEIGHTS = ""  # checkpoint to load: path, detectron2://, https://, .pth or .pkl
+# Evaluation and prediction refuse weights that leave keys missing, unused or mismatched (and
+# an empty MODEL.WEIGHTS); True evaluates such a partly initialised model anyway.
+_C.MODEL.WEIGHTS_ALLOW_PARTIAL = False  # evaluate / predict with partial or no weights
 _C.MODEL.MASK_ON = False  # instance masks (not implemented by any method here; kept for configs)
 _C.MODEL.KEYPOINT_ON = False  # keypoints (not implemented by any method here; kept for configs)
 _C.MODEL.LOAD_PROPOSALS = False  # read precomputed proposals from DATASETS.PROPOSAL_FILES_*
@@ -211,6 +214,7 @@ _C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST = 1000  # precomputed proposals kept 
 # ---------------------------------------------------------------------------------------------
 _C.DATALOADER = CfgNode()
 _C.DATALOADER.NUM_WORKERS = 4  # loader worker processes per rank
+_C.DATALOADER.CHECK_IMAGES = False  # decode every training image once before training starts
 _C.DATALOADER.ASPECT_RATIO_GROUPING = True  # batch landscape and portrait images separately
 _C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"  # TrainingSampler or RepeatFactorTrainingSampler
 _C.DATALOADER.REPEAT_THRESHOLD = 0.0  # frequency threshold t of RepeatFactorTrainingSampler

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_
 from assigndet.utils import comm
 
 from .catalog import DatasetCatalog, MetadataCatalog
+from .check import check_dataset, check_images_exist
 from .dataset_mapper import DatasetMapper
 from .samplers import InferenceSampler, RepeatFactorTrainingSampler, TrainingSampler
 
@@ -38,6 +39,7 @@ def get_detection_dataset_dicts(
     counts). A class histogram is logged when the datasets have ``thing_classes``.
 
     Raises:
+        FileNotFoundError: image files do not exist (the first few are listed, with the count).
         ValueError: a dataset is empty, nothing is left after filtering, or the datasets have
             different ``thing_classes``.
     """
@@ -65,6 +67,7 @@ def get_detection_dataset_dicts(
                 f"No images with a non-crowd annotation are left in dataset(s) {list(names)} "
                 "after filtering (DATALOADER.FILTER_EMPTY_ANNOTATIONS)"
             )
+    check_images_exist(dataset_dicts, names)
 
     classes = [MetadataCatalog.get(n).get("thing_classes") for n in names]
     if any(c is not None for c in classes):
@@ -76,6 +79,26 @@ def get_detection_dataset_dicts(
         if "annotations" in dataset_dicts[0]:
             log_class_histogram(dataset_dicts, classes[0])
     return dataset_dicts
+
+
+def decode_check_dataset(dataset_dicts: list[dict], names: Sequence[str]) -> None:
+    """Decode every image and validate every annotation, split over the ranks; raise a
+    ValueError listing the first problems (and their count) on every rank if any is found."""
+    rank, world_size = comm.get_rank(), comm.get_world_size()
+    classes = MetadataCatalog.get(names[0]).get("thing_classes")
+    report = check_dataset(
+        dataset_dicts[rank::world_size],
+        len(classes) if classes is not None else None,
+        progress=comm.is_main_process(),
+    )
+    problems = list(itertools.chain.from_iterable(comm.all_gather(report.problems)))
+    if problems:
+        raise ValueError(
+            f"DATALOADER.CHECK_IMAGES found {len(problems)} problem(s) in dataset(s) "
+            f"{list(names)}, e.g.:\n  " + "\n  ".join(problems[:5])
+            + "\nRun tools/check_dataset.py for the full list."
+        )
+    logger.info(f"DATALOADER.CHECK_IMAGES: {len(dataset_dicts)} images decoded, no problem found")
 
 
 def log_class_histogram(dataset_dicts: list[dict], class_names: Sequence[str]) -> None:
@@ -257,7 +280,9 @@ def build_detection_train_loader(
     ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``), the mapper ``DatasetMapper(cfg, True)``, the
     sampler from ``DATALOADER.SAMPLER_TRAIN`` seeded with ``SEED`` (a shared random seed when
     negative), the batch size ``SOLVER.IMS_PER_BATCH`` over all ranks (it must divide by the
-    world size), ``DATALOADER.ASPECT_RATIO_GROUPING`` and ``DATALOADER.NUM_WORKERS``.
+    world size), ``DATALOADER.ASPECT_RATIO_GROUPING`` and ``DATALOADER.NUM_WORKERS``. With
+    ``DATALOADER.CHECK_IMAGES``, every image is decoded and every annotation validated first
+    (``decode_check_dataset``).
     """
     if cfg is None and (dataset is None or mapper is None or total_batch_size is None):
         raise TypeError(
@@ -267,6 +292,8 @@ def build_detection_train_loader(
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
+        if cfg.DATALOADER.CHECK_IMAGES:
+            decode_check_dataset(dataset, cfg.DATASETS.TRAIN)
     if mapper is None:
         mapper = DatasetMapper(cfg, True)
     if isinstance(dataset, list):

@@ -2,8 +2,9 @@
 
 Every architecture has its own ``NUM_CLASSES`` key. ``load_config`` marks those the config file
 and the overrides leave unset (``UNSET``); ``resolve_num_classes`` then sets them to the number of
-``thing_classes`` of DATASETS.TRAIN (or of DATASETS.TEST when nothing is trained), and checks the
-keys that were set against it.
+``thing_classes`` of DATASETS.TRAIN (or of DATASETS.TEST when nothing is trained). Each head
+reads its key through ``checked_num_classes``, which compares it with the same number: only the
+keys a model uses are checked, so a config that also holds other architectures' keys is fine.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ import logging
 
 from .catalog import MetadataCatalog
 
-__all__ = ["NUM_CLASSES_KEYS", "UNSET", "mark_num_classes_unset", "resolve_num_classes"]
+__all__ = [
+    "NUM_CLASSES_KEYS",
+    "UNSET",
+    "checked_num_classes",
+    "mark_num_classes_unset",
+    "resolve_num_classes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,38 +73,47 @@ def _dataset_num_classes(cfg) -> tuple[int, list[str]] | None:
     return next(iter(counts.values())), list(counts)
 
 
-def resolve_num_classes(cfg, defaults: dict[str, int] | None = None) -> None:
-    """Fill in the unset NUM_CLASSES keys of the (unfrozen) ``cfg`` from its datasets and check
-    the others against them.
-
-    Args:
-        defaults: value for each key left ``UNSET`` when the datasets give no ``thing_classes``
-            (``mark_num_classes_unset`` returns them).
-
-    Raises:
-        ValueError: a set key disagrees with the data, naming the key, both numbers and the
-            dataset; or a key is unset and there is nothing to take it from and no default.
-    """
+def resolve_num_classes(cfg, defaults: dict[str, int]) -> None:
+    """Set the ``UNSET`` NUM_CLASSES keys of the (unfrozen) ``cfg`` to the datasets' number of
+    classes, or to ``defaults[key]`` (logged) when the datasets give no ``thing_classes``."""
     found = _dataset_num_classes(cfg)
     for key, node, leaf in _present_keys(cfg):
-        value = node[leaf]
-        if found is None:
-            if value == UNSET:
-                if defaults is None or key not in defaults:
-                    raise ValueError(
-                        f"{key} is unset and DATASETS name no dataset with thing_classes "
-                        "to take it from; set it"
-                    )
-                node[leaf] = defaults[key]
+        if node[leaf] != UNSET:
             continue
-        num_classes, names = found
-        if value == UNSET:
-            node[leaf] = num_classes
-        elif value != num_classes:
-            raise ValueError(
-                f"{key} is {value}, but dataset '{names[0]}' has {num_classes} classes "
-                f"(its thing_classes); set {key} {num_classes}, or leave it unset to take it "
-                "from the data"
+        if found is not None:
+            node[leaf] = found[0]
+        else:
+            node[leaf] = defaults[key]
+            logger.info(
+                "%s = %d (the default): DATASETS name no dataset with thing_classes",
+                key, node[leaf],
             )
     if found is not None:
         logger.info("Number of classes from dataset '%s': %d", found[1][0], found[0])
+
+
+def checked_num_classes(cfg, key: str) -> int:
+    """The value of the NUM_CLASSES ``key`` (e.g. "MODEL.FCOS.NUM_CLASSES"), for a head's
+    ``from_config``.
+
+    Raises:
+        ValueError: it is not positive, or differs from the number of ``thing_classes`` of the
+            datasets the config names; the message names the key, both numbers and the dataset.
+    """
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    value = int(node)
+    if value <= 0:
+        raise ValueError(
+            f"{key} must be > 0, got {value}; load the config with assigndet.config.load_config "
+            "to take it from the datasets"
+        )
+    found = _dataset_num_classes(cfg)
+    if found is not None and value != found[0]:
+        raise ValueError(
+            f"{key} is {value}, but dataset '{found[1][0]}' has {found[0]} classes (its "
+            f"thing_classes); set {key} {found[0]}, or leave it out of the config file and the "
+            "overrides to take it from the data"
+        )
+    return value

@@ -17,7 +17,7 @@ import platform
 import random
 import sys
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
 __all__ = [
     "DefaultPredictor",
     "DefaultTrainer",
+    "IncompleteWeightsError",
     "amp_dtype",
     "check_weights_file",
     "collect_env_info",
@@ -42,16 +43,51 @@ __all__ = [
     "default_argument_parser",
     "default_setup",
     "default_writers",
+    "load_inference_weights",
     "seed_all_rng",
 ]
 
 logger = logging.getLogger(__name__)
 
 
+class _DetectionArgumentParser(argparse.ArgumentParser):
+    """Refuses a flag placed among the trailing ``KEY VALUE`` overrides, which would otherwise
+    be taken for a config key."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        misplaced = [
+            item for item in getattr(namespace, "opts", None) or []
+            if item.split("=", 1)[0] in self._option_string_actions
+        ]
+        if misplaced:
+            self.error(
+                f"{misplaced[0]} comes after the KEY VALUE config overrides, where it would be "
+                "read as a config key; put every flag before the first KEY, e.g. "
+                "train_net.py --config-file cfg.yaml --resume SOLVER.BASE_LR 0.01"
+            )
+        return namespace, extras
+
+
+def _at_least_one(flag: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(
+                f"{flag} must be at least 1, got {value} (without CUDA it counts CPU processes)"
+            )
+        return value
+
+    return parse
+
+
 def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
     """detectron2's command line: --config-file, --resume, --eval-only, --num-gpus,
     --num-machines, --machine-rank, --dist-url, then ``KEY VALUE`` config overrides."""
-    parser = argparse.ArgumentParser(
+    parser = _DetectionArgumentParser(
         epilog=epilog
         or (
             "Examples:\n"
@@ -73,17 +109,20 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
     )
     parser.add_argument("--eval-only", action="store_true", help="evaluate the weights and exit")
     parser.add_argument(
-        "--num-gpus", type=int, default=1,
+        "--num-gpus", type=_at_least_one("--num-gpus"), default=1,
         help="processes per machine (one per GPU; CPU processes with gloo when there is no CUDA)",
     )
-    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
+    parser.add_argument(
+        "--num-machines", type=_at_least_one("--num-machines"), default=1,
+        help="total number of machines",
+    )
     parser.add_argument(
         "--machine-rank", type=int, default=0, help="rank of this machine (unique per machine)"
     )
     parser.add_argument(
         "--dist-url",
         default=default_dist_url(),
-        help="initialization URL for torch.distributed; 'auto' picks a free local port "
+        help="initialization URL for torch.distributed; 'auto' meets through a temporary file "
         "(single machine only). See https://pytorch.org/docs/stable/distributed.html",
     )
     parser.add_argument(
@@ -195,6 +234,48 @@ def check_weights_file(path: str, key: str = "MODEL.WEIGHTS") -> None:
     missing (URLs and ``detectron2://`` paths are left to the checkpointer)."""
     if path and "://" not in path and not os.path.isfile(path):
         raise FileNotFoundError(f"Weights file {path} given by {key} does not exist")
+
+
+class IncompleteWeightsError(RuntimeError):
+    """The weights of an evaluation or a prediction leave part of the model uninitialised."""
+
+
+def load_inference_weights(cfg, model: nn.Module, resume: bool = False):
+    """Load the weights ``model`` is evaluated or run with, and refuse a partial load.
+
+    With ``resume`` and an ``OUTPUT_DIR/last_checkpoint``, that checkpoint; otherwise
+    MODEL.WEIGHTS. Unless MODEL.WEIGHTS_ALLOW_PARTIAL is True, no weights at all, and weights
+    that leave model keys missing, have keys the model lacks or tensors of another shape, raise
+    an ``IncompleteWeightsError`` listing the keys: their evaluation would report numbers of a
+    partly random model. Returns the ``DetectionCheckpointer``.
+    """
+    from assigndet.checkpoint import DetectionCheckpointer
+    from assigndet.checkpoint.detection_checkpoint import format_incompatible_keys
+
+    allow_partial = cfg.MODEL.WEIGHTS_ALLOW_PARTIAL
+    checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    resuming = resume and checkpointer.has_checkpoint()
+    if not resuming:
+        if not cfg.MODEL.WEIGHTS and not allow_partial:
+            raise IncompleteWeightsError(
+                "No weights to evaluate: MODEL.WEIGHTS is empty"
+                + (f" and {cfg.OUTPUT_DIR} has no last_checkpoint" if resume else "")
+                + ". Set MODEL.WEIGHTS path/to/model.pth, or MODEL.WEIGHTS_ALLOW_PARTIAL True to "
+                "evaluate the model's random initialisation"
+            )
+        check_weights_file(cfg.MODEL.WEIGHTS)
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    incompatible = checkpointer.incompatible_keys
+    if incompatible and not allow_partial:
+        source = checkpointer.get_checkpoint_file() if resuming else cfg.MODEL.WEIGHTS
+        raise IncompleteWeightsError(
+            f"The weights in {source} do not fit the model ({cfg.MODEL.META_ARCHITECTURE}), "
+            f"so part of it would be evaluated at its random initialisation:\n"
+            f"{format_incompatible_keys(incompatible)}\n"
+            "Use weights trained with this config, or set MODEL.WEIGHTS_ALLOW_PARTIAL True to "
+            "evaluate anyway"
+        )
+    return checkpointer
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -462,30 +543,32 @@ def amp_dtype(name: str) -> torch.dtype:
 class DefaultPredictor:
     """Run a model from a config on single images, as detectron2's ``DefaultPredictor``.
 
-    Builds the model in eval mode on MODEL.DEVICE, loads MODEL.WEIGHTS, and for each call resizes
-    the image so its short side is INPUT.MIN_SIZE_TEST (long side at most INPUT.MAX_SIZE_TEST).
+    Given no ``model``, builds one on MODEL.DEVICE and loads MODEL.WEIGHTS, which must hold every
+    weight of it (``load_inference_weights``: an empty MODEL.WEIGHTS is refused unless
+    MODEL.WEIGHTS_ALLOW_PARTIAL). Given a ``model`` (weights already loaded), uses it as it is.
+    Either way the model is put in eval mode, and each call resizes the image so its short side
+    is INPUT.MIN_SIZE_TEST (long side at most INPUT.MAX_SIZE_TEST).
 
     Example::
 
-        predictor = DefaultPredictor(cfg)
+        predictor = DefaultPredictor(cfg)  # cfg.MODEL.WEIGHTS = "output/model_final.pth"
         outputs = predictor(cv2.imread("input.jpg"))  # {"instances": Instances(...)}
     """
 
-    def __init__(self, cfg) -> None:
-        from assigndet.checkpoint import DetectionCheckpointer
+    def __init__(self, cfg, model: nn.Module | None = None) -> None:
         from assigndet.modeling import build_model
 
         self.cfg = cfg.clone()
-        self.model = build_model(self.cfg)
-        self.model.eval()
+        if model is None:
+            model = build_model(self.cfg)
+            load_inference_weights(self.cfg, model)
+        self.model = model.eval()
         test_sets: Sequence[str] = cfg.DATASETS.TEST
         self.metadata = None
         if len(test_sets):
             from assigndet.data import MetadataCatalog
 
             self.metadata = MetadataCatalog.get(test_sets[0])
-        check_weights_file(cfg.MODEL.WEIGHTS)
-        DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         from assigndet.data.transforms import ResizeShortestEdge
 
         # the same resize as the test mapper, so predictions match evaluation

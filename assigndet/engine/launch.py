@@ -79,7 +79,9 @@ def launch(
         mp.start_processes(
             _distributed_worker,
             nprocs=num_gpus_per_machine,
-            args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+            args=(
+                main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout
+            ),
             daemon=False,
             start_method="spawn",
         )

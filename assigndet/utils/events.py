@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import resource
 import time
@@ -181,7 +182,8 @@ class JSONWriter(EventWriter):
     """Appends one JSON object per iteration to ``json_file`` (detectron2's ``metrics.json``).
 
     Each line holds the scalars put since the previous write, keys sorted, plus ``iteration``.
-    Smoothed scalars are the median of the last ``window_size`` values.
+    Smoothed scalars are the median of the last ``window_size`` values. Lines are strict JSON:
+    a NaN or infinite value is written as ``null``.
     """
 
     def __init__(self, json_file: str, window_size: int = 20) -> None:
@@ -193,7 +195,9 @@ class JSONWriter(EventWriter):
         storage = get_event_storage()
         by_iter = _new_scalars_by_iter(storage, self._window_size, self._last_write)
         for itr in sorted(by_iter):
-            self._file.write(json.dumps({"iteration": itr, **by_iter[itr]}, sort_keys=True) + "\n")
+            scalars = {k: v if math.isfinite(v) else None for k, v in by_iter[itr].items()}
+            line = json.dumps({"iteration": itr, **scalars}, sort_keys=True, allow_nan=False)
+            self._file.write(line + "\n")
         if by_iter:
             self._last_write = max(by_iter)
         self._file.flush()

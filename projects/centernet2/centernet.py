@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from assigndet.config import CfgNode, configurable
+from assigndet.data.num_classes import checked_num_classes
 from assigndet.layers import ShapeSpec
 from assigndet.modeling.box_ops import ltrb_to_boxes
 from assigndet.modeling.losses.sampling_free import GuidedLossScaling
@@ -310,7 +311,10 @@ class CenterNet(nn.Module):
             "centernet_head": CenterNetHead(cfg, shapes),
             "in_features": c.IN_FEATURES,
             "strides": c.FPN_STRIDES,
-            "num_classes": c.NUM_CLASSES,
+            "num_classes": (
+                c.NUM_CLASSES if c.ONLY_PROPOSAL
+                else checked_num_classes(cfg, "MODEL.CENTERNET.NUM_CLASSES")
+            ),
             "score_thresh": score_thresh,
             "hm_min_overlap": c.HM_MIN_OVERLAP,
             "loc_loss_type": c.LOC_LOSS_TYPE,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from assigndet.config import configurable
+from assigndet.data.num_classes import checked_num_classes
 from assigndet.layers import ShapeSpec, get_norm, prior_bias
 from assigndet.modeling.heads import Scale
 from assigndet.modeling.losses import sampling_free_initial_prior
@@ -131,7 +132,11 @@ class CenterNetHead(nn.Module):
         return {
             "in_channels": channels.pop(),
             "num_levels": len(input_shape),
-            "num_classes": c.NUM_CLASSES,
+            # the first stage of CenterNet2 has no class heatmap: its NUM_CLASSES is unused
+            "num_classes": (
+                c.NUM_CLASSES if c.ONLY_PROPOSAL
+                else checked_num_classes(cfg, "MODEL.CENTERNET.NUM_CLASSES")
+            ),
             "with_agn_hm": c.WITH_AGN_HM,
             "only_proposal": c.ONLY_PROPOSAL,
             "norm": c.NORM,

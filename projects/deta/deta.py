@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from assigndet.config import CfgNode
+from assigndet.data.num_classes import checked_num_classes
 from assigndet.layers import prior_bias
 from assigndet.modeling import META_ARCH_REGISTRY, build_backbone
 from assigndet.modeling.losses import sampling_free_initial_prior
@@ -135,7 +136,7 @@ class DETA(nn.Module):
         d = cfg.MODEL.DETA
         model_io.register_pixel_statistics(self, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
         self.size_divisibility = d.SIZE_DIVISIBILITY
-        self.num_classes = d.NUM_CLASSES
+        self.num_classes = checked_num_classes(cfg, "MODEL.DETA.NUM_CLASSES")
         self.topk_test = d.TOPK_TEST
         self.nms_thresh_test = d.NMS_THRESH_TEST
         self.max_detections = cfg.TEST.DETECTIONS_PER_IMAGE
@@ -186,7 +187,9 @@ class DETA(nn.Module):
         )
         # one class and one box head per decoder layer, plus one for the encoder proposals
         num_heads = d.DEC_LAYERS + 1
-        self.class_embed = nn.ModuleList(nn.Linear(hidden, d.NUM_CLASSES) for _ in range(num_heads))
+        self.class_embed = nn.ModuleList(
+            nn.Linear(hidden, self.num_classes) for _ in range(num_heads)
+        )
         self.bbox_embed = nn.ModuleList(MLP(hidden, hidden, 4, 3) for _ in range(num_heads))
         sf = cfg.MODEL.SAMPLING_FREE
         self.sampling_free = sf.ENABLED
@@ -201,7 +204,7 @@ class DETA(nn.Module):
         if d.MATCHER not in ("iou", "hungarian"):
             raise ValueError(f"MODEL.DETA.MATCHER must be 'iou' or 'hungarian', got {d.MATCHER!r}")
         self.criterion = DETACriterion(
-            d.NUM_CLASSES,
+            self.num_classes,
             matcher=d.MATCHER,
             weight_class=d.CLASS_WEIGHT,
             weight_bbox=d.BBOX_WEIGHT,

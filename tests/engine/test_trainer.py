@@ -56,14 +56,13 @@ def test_auto_scale_workers():
         DefaultTrainer.auto_scale_workers(cfg2, 2)
 
 
-def test_argument_parser():
+def test_argument_parser(capsys):
     args = default_argument_parser().parse_args(
         ["--config-file", "a.yaml", "--num-gpus", "2", "--resume", "SOLVER.BASE_LR", "0.1",
-         "--eval-only"]
+         "SEED", "-1"]
     )
     assert args.config_file == "a.yaml" and args.num_gpus == 2 and args.resume
-    assert not args.eval_only  # everything after the first KEY belongs to opts
-    assert args.opts == ["SOLVER.BASE_LR", "0.1", "--eval-only"]
+    assert args.opts == ["SOLVER.BASE_LR", "0.1", "SEED", "-1"]
     assert args.dist_url.startswith("tcp://127.0.0.1:")
     assert 49152 <= int(args.dist_url.rsplit(":", 1)[1]) <= 65535
 

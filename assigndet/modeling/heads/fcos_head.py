@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ...data.num_classes import checked_num_classes
 from ...layers import ShapeSpec, get_norm, prior_bias
 
 
@@ -87,7 +88,7 @@ class FCOSHead(nn.Module):
         fcos = cfg.MODEL.FCOS
         return {
             "in_channels": channels.pop(),
-            "num_classes": fcos.NUM_CLASSES,
+            "num_classes": checked_num_classes(cfg, "MODEL.FCOS.NUM_CLASSES"),
             "num_levels": len(input_shape),
             "num_cls_convs": fcos.NUM_CLS_CONVS,
             "num_box_convs": fcos.NUM_BOX_CONVS,

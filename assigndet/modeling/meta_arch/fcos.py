@@ -207,7 +207,7 @@ class FCOS(nn.Module):
             "head": FCOSHead(**head_args),
             "in_features": fcos.IN_FEATURES,
             "fpn_strides": fcos.FPN_STRIDES,
-            "num_classes": fcos.NUM_CLASSES,
+            "num_classes": head_args["num_classes"],
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "sizes_of_interest": fcos.SIZES_OF_INTEREST,

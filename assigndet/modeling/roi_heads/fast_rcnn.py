@@ -22,6 +22,7 @@ from torchvision.ops import (
 )
 
 from ...config import CfgNode, configurable
+from ...data.num_classes import checked_num_classes
 from ...layers import ShapeSpec, cat
 from ...ops import batched_nms
 from ...structures import Instances, clip_boxes_
@@ -242,7 +243,7 @@ class FastRCNNOutputLayers(nn.Module):
         return {
             "input_shape": input_shape,
             "box2box_transform": Box2BoxTransform(weights=head.BBOX_REG_WEIGHTS),
-            "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            "num_classes": checked_num_classes(cfg, "MODEL.ROI_HEADS.NUM_CLASSES"),
             "cls_agnostic_bbox_reg": head.CLS_AGNOSTIC_BBOX_REG,
             "smooth_l1_beta": head.SMOOTH_L1_BETA,
             "test_score_thresh": sf.SCORE_THRESH_TEST if sf.ENABLED else score_thresh,

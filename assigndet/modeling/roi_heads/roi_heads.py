@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 from ...config import CfgNode, configurable
+from ...data.num_classes import checked_num_classes
 from ...layers import ShapeSpec
 from ...structures import ImageList, Instances
 from ...utils.events import current_event_storage
@@ -141,7 +142,7 @@ class ROIHeads(nn.Module):
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
         heads = cfg.MODEL.ROI_HEADS
         return {
-            "num_classes": heads.NUM_CLASSES,
+            "num_classes": checked_num_classes(cfg, "MODEL.ROI_HEADS.NUM_CLASSES"),
             "batch_size_per_image": heads.BATCH_SIZE_PER_IMAGE,
             "positive_fraction": heads.POSITIVE_FRACTION,
             "proposal_append_gt": heads.PROPOSAL_APPEND_GT,

@@ -173,6 +173,8 @@ def _tiny_centernet2_cfg(roi_heads: str = "CustomCascadeROIHeads"):
         "MODEL.CENTERNET.NUM_BOX_CONVS", 1, "MODEL.CENTERNET.POST_NMS_TOPK_TRAIN", 64,
         "MODEL.ROI_HEADS.NAME", roi_heads, "MODEL.ROI_HEADS.NUM_CLASSES", 3,
         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32, "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
+        # trained on generated batches of 3 classes, not on the base config's COCO
+        "DATASETS.TRAIN", (), "DATASETS.TEST", (),
     ])  # fmt: skip
     return cfg
 
