@@ -1,4 +1,4 @@
-"""Checks of a dataset before it is trained on: image files exist, decode, and annotations are valid.
+"""Checks of a dataset before training: the image files exist and decode, the annotations are valid.
 
 ``check_images_exist`` is cheap (one ``stat`` per image) and runs at every dataset load.
 ``check_dataset`` decodes every image and validates every annotation; ``tools/check_dataset.py``

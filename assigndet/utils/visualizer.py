@@ -102,22 +102,29 @@ def draw_dataset_dict(
 
 
 def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str], pad: int = 8) -> np.ndarray:
-    """Images placed left to right on a white canvas, each with its title above it."""
+    """Images placed left to right on a white canvas, each with its title above it.
+
+    Each column is as wide as its image or its title, whichever is wider, so titles never run
+    into each other over small images.
+    """
     title_h = 24
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.5
+    title_widths = [cv2.getTextSize(t, font, scale, 1)[0][0] + 4 for t in titles]
+    columns = [max(im.shape[1], tw) for im, tw in zip(images, title_widths)]
     height = max(im.shape[0] for im in images) + title_h
-    width = sum(im.shape[1] for im in images) + pad * (len(images) - 1)
+    width = sum(columns) + pad * (len(images) - 1)
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
     x = 0
-    for im, title in zip(images, titles):
+    for im, title, column in zip(images, titles, columns):
         canvas[title_h : title_h + im.shape[0], x : x + im.shape[1]] = im
-        cv2.putText(canvas, title, (x + 2, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
-                    cv2.LINE_AA)
-        x += im.shape[1] + pad
+        cv2.putText(canvas, title, (x + 2, 17), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        x += column + pad
     return canvas
 
 
 def load_metrics(path: str) -> list[dict]:
-    """The records of a ``metrics.json`` (one JSON object per line; NaN allowed)."""
+    """The records of a ``metrics.json`` (one JSON object per line; a non-finite value is
+    ``null``, or a bare NaN in files of older versions)."""
     records = []
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -143,7 +150,25 @@ def plot_loss_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = load_metrics(metrics_path)
+    fig, plotted = loss_curves_figure(load_metrics(metrics_path), keys)
+    if not plotted:
+        plt.close(fig)
+        raise ValueError(
+            f"{metrics_path} has no {'loss' if keys is None else 'requested'} scalars to plot"
+        )
+    fig.savefig(output_path)
+    plt.close(fig)
+    return plotted
+
+
+def loss_curves_figure(records: Sequence[dict], keys: Sequence[str] | None = None):
+    """A matplotlib figure of the loss scalars of ``records`` (see ``plot_loss_curves``) and the
+    plotted keys; a series of a single logged point is drawn as a marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     series: dict[str, dict[int, float]] = {}
     for r in records:
         for k, v in r.items():
@@ -152,19 +177,17 @@ def plot_loss_curves(
             if (keys is None and "loss" in k) or (keys is not None and k in keys):
                 if math.isfinite(v):
                     series.setdefault(k, {})[r["iteration"]] = v
-    if not series:
-        raise ValueError(
-            f"{metrics_path} has no {'loss' if keys is None else 'requested'} scalars to plot"
-        )
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     for k in sorted(series, key=lambda n: (n != "total_loss", n)):
         its = sorted(series[k])
-        ax.plot(its, [series[k][i] for i in its], label=k, linewidth=2 if k == "total_loss" else 1)
+        ax.plot(
+            its, [series[k][i] for i in its], label=k, linewidth=2 if k == "total_loss" else 1,
+            marker="o" if len(its) == 1 else None,  # a line through one point draws nothing
+        )
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if series:
+        ax.legend()
     fig.tight_layout()
-    fig.savefig(output_path)
-    plt.close(fig)
-    return sorted(series)
+    return fig, sorted(series)
