@@ -155,10 +155,17 @@ def load_pth(path: str) -> Any:
         UnsafeCheckpointError: the file holds other objects, whose unpickling could run code.
         UnreadableCheckpointError: it is no ``torch.save`` file (text, truncated, empty, ...).
     """
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (or, before torch 1.6, a pickle); anything else is no
+    # checkpoint, and torch's restricted unpickler would call its bytes unsafe operands.
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise unreadable_checkpoint(path, ValueError("not a torch.save file"))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower():
+        message = str(e).lower()
+        if "weights only load failed" not in message or "unsupported operand" in message:
             raise unreadable_checkpoint(path, e) from None
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         # torch's message names the refused global on a line mentioning "unsupported".
@@ -169,5 +176,5 @@ def load_pth(path: str) -> Any:
             f"containers, whose unpickling could run code ({reason}). Only load it "
             "unrestricted if you trust its source, then save its state dicts alone."
         ) from None
-    except (RuntimeError, KeyError, EOFError, ValueError, struct.error) as e:
+    except (RuntimeError, KeyError, IndexError, EOFError, ValueError, struct.error) as e:
         raise unreadable_checkpoint(path, e) from None

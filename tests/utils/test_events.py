@@ -121,3 +121,20 @@ def test_tensorboard_writer(tmp_path, caplog):
     else:
         assert "tensorboard is not installed" in caplog.text
         assert list(tmp_path.iterdir()) == []
+
+
+def test_metrics_json_is_strict_json(tmp_path):
+    path = tmp_path / "metrics.json"
+    writer = JSONWriter(str(path))
+    with EventStorage(start_iter=3) as storage:
+        storage.put_scalar("loss_cls", float("nan"), smoothing_hint=False)
+        storage.put_scalar("loss_box", float("inf"), smoothing_hint=False)
+        storage.put_scalar("lr", 0.5, smoothing_hint=False)
+        writer.write()
+    writer.close()
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    records = [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+    assert records == [{"iteration": 3, "loss_box": None, "loss_cls": None, "lr": 0.5}]
