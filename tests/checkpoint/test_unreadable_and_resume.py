@@ -135,7 +135,9 @@ def test_resume_without_a_checkpoint_warns(tmp_path, caplog):
 
 def test_next_save_removes_files_of_an_interrupted_save(tmp_path):
     _train_and_save(tmp_path, [9])
-    stale = [tmp_path / ".model_0000019.pth.k2j4x_9a.tmp", tmp_path / ".last_checkpoint.ab12cd34.tmp"]
+    stale = [
+        tmp_path / ".model_0000019.pth.k2j4x_9a.tmp", tmp_path / ".last_checkpoint.ab12cd34.tmp"
+    ]
     for path in stale:
         path.write_bytes(b"partial")
     unrelated = [tmp_path / ".notes.tmp", tmp_path / "model_0000009.pth"]
