@@ -114,6 +114,6 @@ def checked_num_classes(cfg, key: str) -> int:
         raise ValueError(
             f"{key} is {value}, but dataset '{found[1][0]}' has {found[0]} classes (its "
             f"thing_classes); set {key} {found[0]}, or leave it out of the config file and the "
-            "overrides to take it from the data"
+            "overrides that load_config reads to take it from the data"
         )
     return value
