@@ -10,6 +10,7 @@ keys a model uses are checked, so a config that also holds other architectures' 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from .catalog import MetadataCatalog
 
@@ -55,12 +56,18 @@ def mark_num_classes_unset(cfg) -> dict[str, int]:
     return defaults
 
 
-def _dataset_num_classes(cfg) -> tuple[int, list[str]] | None:
+def _thing_classes(name: str) -> list[str] | None:
+    return MetadataCatalog.get(name).get("thing_classes")
+
+
+def _dataset_num_classes(
+    cfg, class_names: Callable[[str], list[str] | None] = _thing_classes
+) -> tuple[int, list[str]] | None:
     """``(K, dataset names)`` from the ``thing_classes`` of the datasets the config names."""
     names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
     counts = {}
     for name in names:
-        classes = MetadataCatalog.get(name).get("thing_classes")
+        classes = class_names(name)
         if classes is not None:
             counts[name] = len(classes)
     if not counts:
@@ -73,10 +80,18 @@ def _dataset_num_classes(cfg) -> tuple[int, list[str]] | None:
     return next(iter(counts.values())), list(counts)
 
 
-def resolve_num_classes(cfg, defaults: dict[str, int]) -> None:
+def resolve_num_classes(
+    cfg,
+    defaults: dict[str, int],
+    class_names: Callable[[str], list[str] | None] = _thing_classes,
+) -> None:
     """Set the ``UNSET`` NUM_CLASSES keys of the (unfrozen) ``cfg`` to the datasets' number of
-    classes, or to ``defaults[key]`` (logged) when the datasets give no ``thing_classes``."""
-    found = _dataset_num_classes(cfg)
+    classes, or to ``defaults[key]`` (logged) when the datasets give no ``thing_classes``.
+
+    Args:
+        class_names: a dataset's ``thing_classes`` (default: from assigndet's MetadataCatalog).
+    """
+    found = _dataset_num_classes(cfg, class_names)
     for key, node, leaf in _present_keys(cfg):
         if node[leaf] != UNSET:
             continue

@@ -27,7 +27,7 @@ except ImportError as e:
 
 from .config import add_assigndet_config
 from .datasets import register_in_detectron2
-from .registration import register_all, registered_names
+from .registration import build_model, declare_assigndet_trainer, register_all, registered_names
 from .trainer import AssigndetTrainer, AssigndetTrainerMixin
 
 register_all()
@@ -36,6 +36,8 @@ __all__ = [
     "AssigndetTrainer",
     "AssigndetTrainerMixin",
     "add_assigndet_config",
+    "build_model",
+    "declare_assigndet_trainer",
     "register_all",
     "register_in_detectron2",
     "registered_names",

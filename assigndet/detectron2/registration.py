@@ -34,7 +34,7 @@ from .structures import (
     shapes_to_d2,
 )
 
-__all__ = ["register_all", "registered_names"]
+__all__ = ["build_model", "declare_assigndet_trainer", "register_all", "registered_names"]
 
 # what this module registered, by registry name: {name: component}
 _REGISTERED: dict[str, dict[str, Any]] = {}
@@ -55,6 +55,14 @@ class TrainerCheck:
                 "assigndet.detectron2.AssigndetTrainer, or add AssigndetTrainerMixin to your "
                 "trainer (see the README, 'With detectron2')"
             )
+
+
+def declare_assigndet_trainer(model: nn.Module) -> None:
+    """Declare that whoever trains ``model`` does what ``trainer_needs`` lists (as
+    ``AssigndetTrainerMixin`` does), so that its training forward runs."""
+    for module in model.modules():
+        if isinstance(module, TrainerCheck):
+            module._assigndet_trainer = True
 
 
 def trainer_needs(cfg) -> tuple[str, ...]:
@@ -194,3 +202,17 @@ def register_all() -> None:
 def registered_names() -> dict[str, list[str]]:
     """``{registry: names}`` that assigndet added to detectron2's registries."""
     return {kind: sorted(names) for kind, names in _REGISTERED.items()}
+
+
+def build_model(cfg) -> nn.Module:
+    """detectron2's ``build_model``, first checking that MODEL.META_ARCHITECTURE is registered
+    (detectron2's own error does not list the names)."""
+    from detectron2.modeling import build_model as d2_build_model
+
+    name = cfg.MODEL.META_ARCHITECTURE
+    if name not in D2_META_ARCH_REGISTRY:
+        raise KeyError(
+            f"MODEL.META_ARCHITECTURE = {name!r} is registered neither by detectron2 nor by "
+            f"assigndet; registered: {sorted(D2_META_ARCH_REGISTRY._obj_map)}"
+        )
+    return d2_build_model(cfg)

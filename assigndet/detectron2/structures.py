@@ -28,7 +28,7 @@ __all__ = [
 
 
 def instances_from_d2(instances: D2Instances) -> Instances:
-    """assigndet ``Instances`` with the same fields; each ``Boxes`` becomes its ``[N, 4]`` tensor."""
+    """assigndet ``Instances`` with the same fields; each ``Boxes`` becomes its tensor."""
     fields = {
         name: value.tensor if isinstance(value, Boxes) else value
         for name, value in instances.get_fields().items()

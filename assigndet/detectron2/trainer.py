@@ -20,13 +20,14 @@ from typing import Any
 
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
+from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from assigndet.engine.defaults import amp_dtype
 
 from .datasets import register_in_assigndet
-from .registration import TrainerCheck
+from .registration import build_model, declare_assigndet_trainer
 from .structures import image_list_from_d2
 
 __all__ = ["AssigndetTrainer", "AssigndetTrainerMixin"]
@@ -67,10 +68,10 @@ class AssigndetTrainerMixin:
 
     @classmethod
     def build_model(cls, cfg) -> nn.Module:
+        if cfg.MODEL.META_ARCHITECTURE not in META_ARCH_REGISTRY:
+            build_model(cfg)  # raises, listing the registered names
         model = super().build_model(cfg)
-        for module in model.modules():
-            if isinstance(module, TrainerCheck):
-                module._assigndet_trainer = True
+        declare_assigndet_trainer(model)
         return model
 
     @classmethod
