@@ -8,7 +8,7 @@ component). Then::
     from detectron2.engine import DefaultTrainer
     from assigndet.detectron2 import AssigndetTrainerMixin, add_assigndet_config
 
-    cfg = get_cfg(); add_assigndet_config(cfg); cfg.merge_from_file("configs/fcos_pss_r50_1x.yaml")
+    cfg = get_cfg(); add_assigndet_config(cfg); cfg.merge_from_file("configs/fcos_pss_r50_3x.yaml")
 
     class Trainer(AssigndetTrainerMixin, DefaultTrainer): ...
 
