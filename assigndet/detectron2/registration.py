@@ -95,18 +95,23 @@ def _with_trainer_check(cls: type, cfg_position: int = 0) -> Callable:
     return __init__
 
 
+def _adapted(cls: type, forward: Callable, what: str) -> type:
+    """A subclass of ``cls`` with ``forward`` (which calls ``cls.forward``), and no new state."""
+    return type(cls.__name__, (cls, TrainerCheck), {
+        "__init__": _with_trainer_check(cls),
+        "forward": forward,
+        "__module__": __name__,
+        "__doc__": f"assigndet's {cls.__name__} {what} on detectron2's structures.",
+    })
+
+
 def _meta_arch(cls: type) -> type:
     def forward(self, batched_inputs: list[dict[str, Any]]):
         self._check_trainer()
         outputs = cls.forward(self, inputs_from_d2(batched_inputs))
         return outputs if self.training else outputs_to_d2(outputs)
 
-    return type(cls.__name__, (cls, TrainerCheck), {
-        "__init__": _with_trainer_check(cls),
-        "forward": forward,
-        "__module__": __name__,
-        "__doc__": f"assigndet's {cls.__name__} on detectron2's model I/O.",
-    })
+    return _adapted(cls, forward, "meta-architecture")
 
 
 def _instances_list_from_d2(instances: list | None) -> list[Instances] | None:
@@ -129,12 +134,7 @@ def _proposal_generator(cls: type) -> type:
         )
         return _instances_list_to_d2(proposals), losses
 
-    return type(cls.__name__, (cls, TrainerCheck), {
-        "__init__": _with_trainer_check(cls),
-        "forward": forward,
-        "__module__": __name__,
-        "__doc__": f"assigndet's {cls.__name__} proposal generator on detectron2's structures.",
-    })
+    return _adapted(cls, forward, "proposal generator")
 
 
 def _roi_heads(cls: type) -> type:
@@ -146,12 +146,7 @@ def _roi_heads(cls: type) -> type:
         )
         return _instances_list_to_d2(results), losses
 
-    return type(cls.__name__, (cls, TrainerCheck), {
-        "__init__": _with_trainer_check(cls),
-        "forward": forward,
-        "__module__": __name__,
-        "__doc__": f"assigndet's {cls.__name__} RoI heads on detectron2's structures.",
-    })
+    return _adapted(cls, forward, "RoI heads")
 
 
 @functools.cache

@@ -337,3 +337,14 @@ def test_plain_default_trainer_refuses_what_it_would_skip(tmp_path):
     with pytest.raises(RuntimeError, match="This config needs SOLVER.OPTIMIZER ADAMW, which "
                        "detectron2's DefaultTrainer does not do"):
         model(batch)
+
+
+def test_benchmark_script_runs(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(_tiny("FCOS_PSS").dump())
+    bench = _module("tools/bench_detectron2.py")
+    result = bench.main(["--config-file", str(config), "--size", "64", "96", "--runs", "2",
+                         "--threads", "1"])
+    assert len(result["times"]["standalone"]) == len(result["times"]["detectron2"]) == 2
+    assert result["ratio"] > 0 and 0 < result["conversion_share"] < 1
+    assert "detectron2 / standalone:" in capsys.readouterr().out

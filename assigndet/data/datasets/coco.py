@@ -48,21 +48,7 @@ def load_coco_json(
             image and the annotation id.
     """
     where = f" (dataset '{dataset_name}')" if dataset_name else ""
-    if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"COCO json file not found: {json_file}{where}")
-    with open(json_file) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{json_file}{where} is not valid json: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{json_file}{where}: expected a json object, got {type(data).__name__}")
-    missing = [k for k in ("images", "annotations", "categories") if k not in data]
-    if missing:
-        raise ValueError(
-            f"{json_file}{where} is not a COCO instances json: missing key(s) {missing} "
-            f"(it has {sorted(data)})"
-        )
+    data = _read_coco_json(json_file, ("images", "annotations", "categories"), where)
 
     coco = COCO()
     coco.dataset = data
@@ -163,16 +149,27 @@ def load_coco_json(
 def read_coco_categories(json_file: str) -> tuple[list[str], dict[int, int]]:
     """``(thing_classes, thing_dataset_id_to_contiguous_id)`` of a COCO json, as
     ``load_coco_json`` derives them (category ids sorted, mapped to ``0..K-1``)."""
+    return _categories(_read_coco_json(json_file, ("categories",))["categories"], json_file)
+
+
+def _read_coco_json(json_file: str, required: tuple[str, ...], where: str = "") -> dict:
+    """The json object of ``json_file``, which must have the ``required`` keys."""
     if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"COCO json file not found: {json_file}")
+        raise FileNotFoundError(f"COCO json file not found: {json_file}{where}")
     with open(json_file) as f:
         try:
             data = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{json_file} is not valid json: {e}") from e
-    if not isinstance(data, dict) or "categories" not in data:
-        raise ValueError(f"{json_file} is not a COCO instances json: it has no 'categories'")
-    return _categories(data["categories"], json_file)
+            raise ValueError(f"{json_file}{where} is not valid json: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{json_file}{where}: expected a json object, got {type(data).__name__}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ValueError(
+            f"{json_file}{where} is not a COCO instances json: missing key(s) {missing} "
+            f"(it has {sorted(data)})"
+        )
+    return data
 
 
 def _categories(categories: Any, json_file: str) -> tuple[list[str], dict[int, int]]:
