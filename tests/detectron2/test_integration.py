@@ -259,6 +259,14 @@ def test_checkpoints_cross_over(tmp_path):
     load_inference_weights(ours_cfg, ours)  # strict: no missing, unused or mismatched key
     for k, v in ours.state_dict().items():
         assert torch.equal(v, theirs.state_dict()[k]), k
+    image = DatasetMapper(ours_cfg, is_train=False)(DatasetCatalog.get("shapes_mini_val")[0])
+    inputs = [{"image": image["image"]}]
+    with torch.no_grad():
+        expected = theirs.eval()(inputs)[0]["instances"]
+        got = ours.eval()(inputs)[0]["instances"]
+    assert len(got) == len(expected) > 0
+    assert torch.equal(got.pred_boxes, expected.pred_boxes.tensor)
+    assert torch.equal(got.scores, expected.scores)
 
     torch.manual_seed(4)
     DetectionCheckpointer(build_model(ours_cfg), str(tmp_path / "ours")).save("model_final")
