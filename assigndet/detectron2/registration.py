@@ -65,6 +65,11 @@ def declare_assigndet_trainer(model: nn.Module) -> None:
             module._assigndet_trainer = True
 
 
+def uses_resize_crop(cfg) -> bool:
+    """DETA's resize-crop-resize augmentation, which detectron2's mapper does not have."""
+    return bool(cfg.INPUT.CROP.ENABLED and len(cfg.INPUT.CROP.RESIZE_BEFORE))
+
+
 def trainer_needs(cfg) -> tuple[str, ...]:
     """What of ``cfg`` a plain detectron2 ``DefaultTrainer`` would not do."""
     solver, sf = cfg.SOLVER, cfg.MODEL.SAMPLING_FREE
@@ -78,7 +83,7 @@ def trainer_needs(cfg) -> tuple[str, ...]:
         needs.append("Sampling-Free's prior estimation before iteration 0")
     if solver.AMP.ENABLED and solver.AMP.PRECISION != "float16":
         needs.append(f"SOLVER.AMP.PRECISION {solver.AMP.PRECISION}")
-    if cfg.INPUT.CROP.ENABLED and len(cfg.INPUT.CROP.RESIZE_BEFORE):
+    if uses_resize_crop(cfg):
         needs.append("INPUT.CROP.RESIZE_BEFORE (DETA's resize-crop augmentation)")
     return tuple(needs)
 

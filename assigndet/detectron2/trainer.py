@@ -16,6 +16,7 @@ A model whose config needs one of these refuses to train under a trainer without
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from detectron2.engine import DefaultTrainer
@@ -27,16 +28,12 @@ from torch.nn.parallel import DistributedDataParallel
 from assigndet.engine.defaults import amp_dtype
 
 from .datasets import register_in_assigndet
-from .registration import build_model, declare_assigndet_trainer
+from .registration import build_model, declare_assigndet_trainer, uses_resize_crop
 from .structures import image_list_from_d2
 
 __all__ = ["AssigndetTrainer", "AssigndetTrainerMixin"]
 
 logger = logging.getLogger(__name__)
-
-
-def _uses_resize_crop(cfg) -> bool:
-    return bool(cfg.INPUT.CROP.ENABLED and len(cfg.INPUT.CROP.RESIZE_BEFORE))
 
 
 class _GeneralizedRCNNPriors:
@@ -82,7 +79,7 @@ class AssigndetTrainerMixin:
 
     @classmethod
     def build_train_loader(cls, cfg):
-        if not _uses_resize_crop(cfg):
+        if not uses_resize_crop(cfg):
             return super().build_train_loader(cfg)
         from assigndet.data import build_detection_train_loader
 
@@ -112,8 +109,6 @@ class AssigndetTrainer(AssigndetTrainerMixin, DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):
-        import os
-
         return COCOEvaluator(
             dataset_name, output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         )

@@ -356,3 +356,24 @@ def test_benchmark_script_runs(tmp_path, capsys):
     assert len(result["times"]["standalone"]) == len(result["times"]["detectron2"]) == 2
     assert result["ratio"] > 0 and 0 < result["conversion_share"] < 1
     assert "detectron2 / standalone:" in capsys.readouterr().out
+
+
+def test_mixin_trains_deta_with_its_resize_crop_and_sets_bf16(tmp_path):
+    ours_cfg = _tiny("DETA")
+    ours_cfg.merge_from_list([
+        "SOLVER.MAX_ITER", 1, "SOLVER.IMS_PER_BATCH", 2, "OUTPUT_DIR", str(tmp_path / "deta"),
+        "INPUT.CROP.RESIZE_BEFORE", [48, 56], "INPUT.CROP.SIZE", [40, 48], "TEST.EVAL_PERIOD", 0,
+        "DATASETS.TEST", (),
+    ])
+    assert ours_cfg.INPUT.CROP.ENABLED
+    d2_cfg = _d2_cfg(ours_cfg, tmp_path)
+    trainer = ad2.AssigndetTrainer(d2_cfg)
+    batch = next(iter(trainer.data_loader))
+    assert isinstance(batch[0]["instances"], Instances)  # assigndet's mapper: its crop policy
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert (tmp_path / "deta" / "model_final.pth").is_file()
+
+    d2_cfg.defrost()
+    d2_cfg.merge_from_list(["SOLVER.AMP.ENABLED", True, "SOLVER.AMP.PRECISION", "bfloat16"])
+    assert ad2.AssigndetTrainer(d2_cfg)._trainer.precision == torch.bfloat16
