@@ -88,12 +88,13 @@ def trainer_needs(cfg) -> tuple[str, ...]:
     return tuple(needs)
 
 
-def _with_trainer_check(cls: type, cfg_position: int = 0) -> Callable:
-    """``cls.__init__`` that also records what the config needs of the trainer."""
+def _with_trainer_check(cls: type) -> Callable:
+    """``cls.__init__`` that also records what the config (its first argument) needs of the
+    trainer."""
 
     def __init__(self, *args, **kwargs):
         cls.__init__(self, *args, **kwargs)
-        cfg = kwargs.get("cfg", args[cfg_position] if len(args) > cfg_position else None)
+        cfg = kwargs.get("cfg", args[0] if args else None)
         if cfg is not None and hasattr(cfg, "SOLVER"):
             self._assigndet_trainer_needs = trainer_needs(cfg)
 
