@@ -129,10 +129,13 @@ def test_registered_under_the_config_names_without_overwriting():
     assert not detectrons_own & {n for kind in names.values() for n in kind}
     registry = detectron2.modeling.META_ARCH_REGISTRY
     assert registry.get("GeneralizedRCNN") is detectron2.modeling.GeneralizedRCNN
+    # registering again (or reloading) adds what assigndet gained since, changes nothing
+    ad2.register_all()
     before = dict(registry._obj_map)
     ad2.register_all()
     importlib.reload(ad2)
-    assert registry._obj_map == before
+    assert all(registry._obj_map[name] is component for name, component in before.items())
+    assert registry.get("GeneralizedRCNN") is detectron2.modeling.GeneralizedRCNN
 
 
 def test_every_config_merges_into_detectron2():
