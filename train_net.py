@@ -16,8 +16,9 @@ import os
 
 import assigndet.projects  # noqa: F401  (methods register their meta-architectures)
 from assigndet.config import load_config
-from assigndet.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from assigndet.engine import DefaultTrainer, default_argument_parser, default_setup
 from assigndet.engine.defaults import check_weights_file, load_inference_weights
+from assigndet.engine.launch import launch_from_command_line
 from assigndet.evaluation import verify_results
 from assigndet.utils import comm
 
@@ -53,16 +54,7 @@ def main(args):
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
-    print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_command_line(main, default_argument_parser().parse_args())
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ NUM_CLASSES keys come from the datasets, as in ``train_net.py``.
 
 from __future__ import annotations
 
+import torch
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -23,6 +24,7 @@ from assigndet.data.num_classes import mark_num_classes_unset, resolve_num_class
 from assigndet.detectron2 import AssigndetTrainer, add_assigndet_config, register_in_detectron2
 from assigndet.detectron2.datasets import thing_classes
 from assigndet.engine.defaults import load_inference_weights
+from assigndet.engine.launch import launch_from_command_line
 
 
 def setup(args):
@@ -57,17 +59,21 @@ def main(args):
     return getattr(trainer, "_last_eval_results", {})
 
 
+def check_processes(args) -> None:
+    """detectron2's DefaultTrainer gives each process one GPU (it passes ``device_ids`` to
+    DistributedDataParallel): several processes without CUDA cannot work there."""
+    if args.num_gpus * args.num_machines > 1 and not torch.cuda.is_available():
+        raise SystemExit(
+            f"--num-gpus {args.num_gpus} --num-machines {args.num_machines}: detectron2's "
+            "DefaultTrainer runs one process per GPU, and there is no CUDA device here. Use one "
+            "process, or train_net.py, whose --num-gpus counts CPU processes without CUDA"
+        )
+
+
 def invoke_main() -> None:
     args = default_argument_parser().parse_args()
-    print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    check_processes(args)
+    launch_from_command_line(main, args, launch_fn=launch)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 from assigndet.utils import comm
 
-__all__ = ["DEFAULT_TIMEOUT", "default_dist_url", "launch"]
+__all__ = ["DEFAULT_TIMEOUT", "default_dist_url", "launch", "launch_from_command_line"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 logger = logging.getLogger(__name__)
@@ -88,6 +88,23 @@ def launch(
     finally:
         if rendezvous_dir is not None:
             shutil.rmtree(rendezvous_dir, ignore_errors=True)
+
+
+def launch_from_command_line(
+    main_func: Callable[[Any], Any], args: Any, launch_fn: Callable[..., None] = launch
+) -> None:
+    """Run ``main_func(args)`` in every process that the parsed command line ``args`` asks
+    for (``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``), through
+    ``launch_fn`` (this module's ``launch``, or detectron2's, which has the same signature)."""
+    print("Command Line Args:", args)
+    launch_fn(
+        main_func,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
 
 
 def _backend() -> str:

@@ -380,3 +380,12 @@ def test_mixin_trains_deta_with_its_resize_crop_and_sets_bf16(tmp_path):
     d2_cfg.defrost()
     d2_cfg.merge_from_list(["SOLVER.AMP.ENABLED", True, "SOLVER.AMP.PRECISION", "bfloat16"])
     assert ad2.AssigndetTrainer(d2_cfg)._trainer.precision == torch.bfloat16
+
+
+def test_several_cpu_processes_are_refused_with_the_way_out():
+    script = _train_detectron2()
+    args = detectron2.engine.default_argument_parser().parse_args(["--num-gpus", "2"])
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present: detectron2 runs one process per GPU")
+    with pytest.raises(SystemExit, match="detectron2's DefaultTrainer runs one process per GPU"):
+        script.check_processes(args)
