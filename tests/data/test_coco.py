@@ -91,6 +91,15 @@ def test_malformed_json_names_file_and_key(files, tmp_path, drop):
         load_coco_json(str(json_file), str(tmp_path))
 
 
+@pytest.mark.parametrize("drop", ["id", "file_name"])
+def test_image_entry_without_a_key_names_it(files, tmp_path, drop):
+    image = {"id": 1, "file_name": "a.png", "height": 4, "width": 4}
+    del image[drop]
+    json_file = files.json(tmp_path / "img.json", files.coco([image], [], [{"id": 1, "name": "x"}]))
+    with pytest.raises(ValueError, match=f"img.json: image entry .* lacks \\['{drop}'\\]"):
+        load_coco_json(str(json_file), str(tmp_path))
+
+
 def test_invalid_json_and_missing_file(tmp_path):
     bad = tmp_path / "notjson.json"
     bad.write_text("{ not json")

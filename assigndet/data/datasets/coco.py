@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import json
 import logging
 import os
 from typing import Any
-
-from pycocotools.coco import COCO
 
 from assigndet.structures import BoxMode
 
@@ -50,11 +46,6 @@ def load_coco_json(
     where = f" (dataset '{dataset_name}')" if dataset_name else ""
     data = _read_coco_json(json_file, ("images", "annotations", "categories"), where)
 
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco.createIndex()
-
     thing_classes, id_map = _categories(data["categories"], json_file)
     cat_ids = list(id_map)
     if cat_ids != list(range(1, len(cat_ids) + 1)) and "coco" not in (dataset_name or ""):
@@ -63,11 +54,11 @@ def load_coco_json(
             "contiguous ids in sorted order."
         )
 
-    images = {img["id"]: img for img in data["images"]}
     for img in data["images"]:
         lacking = [k for k in ("id", "file_name", "height", "width") if k not in img]
         if lacking:
             raise ValueError(f"{json_file}{where}: image entry {img} lacks {lacking}")
+    images = {img["id"]: img for img in data["images"]}
 
     anns_per_image: dict[Any, list[dict]] = {i: [] for i in images}
     seen_ann_ids: set = set()
