@@ -11,6 +11,7 @@ from detectron2.data import MetadataCatalog as D2MetadataCatalog
 from detectron2.data.datasets import register_coco_instances as d2_register_coco_instances
 
 from assigndet.data import DatasetCatalog, MetadataCatalog
+from assigndet.data.catalog import COCO_SPEC_PREFIX
 
 __all__ = ["register_in_assigndet", "register_in_detectron2", "thing_classes"]
 
@@ -37,7 +38,7 @@ def register_in_assigndet(names: Iterable[str]) -> None:
     """Make each of ``names`` that assigndet's catalog lacks read detectron2's dataset dicts
     (same format), with its ``thing_classes``."""
     for name in names:
-        if name in DatasetCatalog or name.startswith("coco:"):
+        if name in DatasetCatalog or name.startswith(COCO_SPEC_PREFIX):
             continue
         DatasetCatalog.register(name, lambda name=name: D2DatasetCatalog.get(name))
         classes = thing_classes(name)

@@ -34,7 +34,13 @@ from .structures import (
     shapes_to_d2,
 )
 
-__all__ = ["build_model", "declare_assigndet_trainer", "register_all", "registered_names"]
+__all__ = [
+    "build_model",
+    "check_meta_architecture",
+    "declare_assigndet_trainer",
+    "register_all",
+    "registered_names",
+]
 
 # what this module registered, by registry name: {name: component}
 _REGISTERED: dict[str, dict[str, Any]] = {}
@@ -205,15 +211,20 @@ def registered_names() -> dict[str, list[str]]:
     return {kind: sorted(names) for kind, names in _REGISTERED.items()}
 
 
-def build_model(cfg) -> nn.Module:
-    """detectron2's ``build_model``, first checking that MODEL.META_ARCHITECTURE is registered
-    (detectron2's own error does not list the names)."""
-    from detectron2.modeling import build_model as d2_build_model
-
+def check_meta_architecture(cfg) -> None:
+    """Raise a KeyError listing the registered names when MODEL.META_ARCHITECTURE is not one
+    (detectron2's own error does not list them)."""
     name = cfg.MODEL.META_ARCHITECTURE
     if name not in D2_META_ARCH_REGISTRY:
         raise KeyError(
             f"MODEL.META_ARCHITECTURE = {name!r} is registered neither by detectron2 nor by "
             f"assigndet; registered: {sorted(D2_META_ARCH_REGISTRY._obj_map)}"
         )
+
+
+def build_model(cfg) -> nn.Module:
+    """detectron2's ``build_model``, after ``check_meta_architecture``."""
+    from detectron2.modeling import build_model as d2_build_model
+
+    check_meta_architecture(cfg)
     return d2_build_model(cfg)

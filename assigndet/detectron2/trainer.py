@@ -21,14 +21,13 @@ from typing import Any
 
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
-from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from assigndet.engine.defaults import amp_dtype
 
 from .datasets import register_in_assigndet
-from .registration import build_model, declare_assigndet_trainer, uses_resize_crop
+from .registration import check_meta_architecture, declare_assigndet_trainer, uses_resize_crop
 from .structures import image_list_from_d2
 
 __all__ = ["AssigndetTrainer", "AssigndetTrainerMixin"]
@@ -65,8 +64,7 @@ class AssigndetTrainerMixin:
 
     @classmethod
     def build_model(cls, cfg) -> nn.Module:
-        if cfg.MODEL.META_ARCHITECTURE not in META_ARCH_REGISTRY:
-            build_model(cfg)  # raises, listing the registered names
+        check_meta_architecture(cfg)
         model = super().build_model(cfg)
         declare_assigndet_trainer(model)
         return model

@@ -160,6 +160,8 @@ def test_bad_input_under_detectron2(tmp_path):
         ad2.build_model(cfg)
     assert "MODEL.META_ARCHITECTURE = 'NoSuchDetector' is registered neither" in str(e.value)
     assert "FCOS_PSS" in str(e.value) and "GeneralizedRCNN" in str(e.value)
+    with pytest.raises(KeyError, match="'NoSuchDetector' is registered neither"):
+        ad2.AssigndetTrainer.build_model(cfg)
     blocked = subprocess.run(
         [sys.executable, "-c",
          "import sys; sys.modules['detectron2'] = None; import assigndet.detectron2"],
